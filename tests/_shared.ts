@@ -1,0 +1,38 @@
+// Test helpers: where ../shared lives, and a loud failure (never a silent skip) under CI.
+import { fromFileUrl } from "node:url";
+
+/** Root of the shared reference material: $ANTHOS_SHARED, else ../shared beside the project. */
+export const SHARED: string = Deno.env.get("ANTHOS_SHARED") ??
+  fromFileUrl(new URL("../../shared", import.meta.url));
+
+/** True when running under CI (CI=true), where nothing may be skipped. */
+export const IN_CI: boolean = Deno.env.get("CI") === "true";
+
+/**
+ * Absolute path of `rel` under shared/, or null when shared/ is absent outside CI (the caller then
+ * skips, and this prints why). Under CI a missing file throws, so CI never skips silently.
+ */
+export function sharedPath(rel: string): string | null {
+  const p = `${SHARED}/${rel}`;
+  try {
+    Deno.statSync(p);
+    return p;
+  } catch {
+    const msg = `missing ${p}: tests need ../shared (or ANTHOS_SHARED pointing at it)`;
+    if (IN_CI) throw new Error(msg);
+    console.warn(`SKIP: ${msg}`);
+    return null;
+  }
+}
+
+/** Max relative error |a-b| / max|b| over two arrays (the parity measure used everywhere). */
+export function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  if (a.length !== b.length) throw new Error(`length ${a.length} != ${b.length}`);
+  let num = 0;
+  let den = 0;
+  for (let i = 0; i < a.length; i++) {
+    num = Math.max(num, Math.abs(a[i] - b[i]));
+    den = Math.max(den, Math.abs(b[i]));
+  }
+  return num / Math.max(den, 1e-30);
+}
