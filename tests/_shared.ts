@@ -1,9 +1,9 @@
 // Test helpers: where ../shared lives, and a loud failure (never a silent skip) under CI.
-import { fromFileUrl } from "node:url";
+import { fileURLToPath } from "node:url";
 
 /** Root of the shared reference material: $ANTHOS_SHARED, else ../shared beside the project. */
 export const SHARED: string = Deno.env.get("ANTHOS_SHARED") ??
-  fromFileUrl(new URL("../../shared", import.meta.url));
+  fileURLToPath(new URL("../../shared", import.meta.url));
 
 /** True when running under CI (CI=true), where nothing may be skipped. */
 export const IN_CI: boolean = Deno.env.get("CI") === "true";
