@@ -18,6 +18,8 @@ import { dirname } from "./atomic.ts";
 export interface DownloadOptions {
   /** Expected SHA-256 of the whole file, lowercase hex. Checked on the cached file too. */
   sha256?: string;
+  /** Expected MD5, lowercase hex: only for files whose published checksum is an MD5. */
+  md5?: string;
   /** Expected size in bytes. */
   size?: number;
   /** Called as bytes arrive: bytes done so far (resumed bytes included) and the total if known. */
@@ -63,8 +65,11 @@ export async function downloadFile(
   dest: string,
   options: DownloadOptions = {},
 ): Promise<string> {
-  const expectedHash = options.sha256?.toLowerCase();
-  if (await isCached(dest, options.size, expectedHash)) return dest;
+  const want = {
+    sha256: options.sha256?.toLowerCase(),
+    md5: options.md5?.toLowerCase(),
+  };
+  if (await isCached(dest, options.size, want)) return dest;
 
   await Deno.mkdir(dirname(dest), { recursive: true });
   const part = `${dest}.part`;
@@ -120,8 +125,8 @@ export async function downloadFile(
 
   const length = Number(res.headers.get("content-length") ?? NaN);
   const total = options.size ?? (Number.isFinite(length) ? have + length : null);
-  const hash = createHash("sha256");
-  if (resume) await hashFile(part, hash);
+  const hashes = { sha256: createHash("sha256"), md5: createHash("md5") };
+  if (resume) await hashFile(part, Object.values(hashes));
 
   let done = have;
   const file = await Deno.open(part, {
@@ -133,7 +138,8 @@ export async function downloadFile(
   try {
     for await (const chunk of res.body) {
       for (let off = 0; off < chunk.length;) off += await file.write(chunk.subarray(off));
-      hash.update(chunk);
+      hashes.sha256.update(chunk);
+      hashes.md5.update(chunk);
       done += chunk.length;
       options.onProgress?.(done, total);
     }
@@ -149,12 +155,14 @@ export async function downloadFile(
     if (done > total || options.size !== undefined) await Deno.remove(part).catch(() => {});
     throw fail(`got ${done} bytes, expected ${total}`);
   }
-  const digest = hash.digest("hex");
-  if (expectedHash && digest !== expectedHash) {
-    await Deno.remove(part).catch(() => {});
-    throw fail(
-      `checksum mismatch: sha256 ${digest}, expected ${expectedHash}; the partial file was deleted`,
-    );
+  for (const algo of ["sha256", "md5"] as const) {
+    const digest = hashes[algo].digest("hex");
+    if (want[algo] && digest !== want[algo]) {
+      await Deno.remove(part).catch(() => {});
+      throw fail(
+        `checksum mismatch: ${algo} ${digest}, expected ${want[algo]}; the download was deleted`,
+      );
+    }
   }
   await Deno.rename(part, dest);
   return dest;
@@ -171,13 +179,13 @@ export async function downloadFile(
  */
 export async function sha256File(path: string): Promise<string> {
   const hash = createHash("sha256");
-  await hashFile(path, hash);
+  await hashFile(path, [hash]);
   return hash.digest("hex");
 }
 
-async function hashFile(path: string, hash: Hash): Promise<void> {
+async function hashFile(path: string, hashes: Hash[]): Promise<void> {
   const file = await Deno.open(path, { read: true });
-  for await (const chunk of file.readable) hash.update(chunk);
+  for await (const chunk of file.readable) for (const h of hashes) h.update(chunk);
 }
 
 async function fileSize(path: string): Promise<number> {
@@ -189,7 +197,11 @@ async function fileSize(path: string): Promise<number> {
   }
 }
 
-async function isCached(dest: string, size?: number, sha256?: string): Promise<boolean> {
+async function isCached(
+  dest: string,
+  size: number | undefined,
+  want: { sha256?: string; md5?: string },
+): Promise<boolean> {
   let stat: Deno.FileInfo;
   try {
     stat = await Deno.stat(dest);
@@ -199,6 +211,10 @@ async function isCached(dest: string, size?: number, sha256?: string): Promise<b
   }
   if (!stat.isFile) throw new Error(`${dest} exists but is not a file; remove it and retry`);
   if (size !== undefined && stat.size !== size) return false;
-  if (sha256 && (await sha256File(dest)) !== sha256) return false;
+  if (!want.sha256 && !want.md5) return true;
+  const hashes = { sha256: createHash("sha256"), md5: createHash("md5") };
+  await hashFile(dest, Object.values(hashes));
+  if (want.sha256 && hashes.sha256.digest("hex") !== want.sha256) return false;
+  if (want.md5 && hashes.md5.digest("hex") !== want.md5) return false;
   return true;
 }

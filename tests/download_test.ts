@@ -5,6 +5,7 @@ import { anthosHome, downloadFile, sha256File } from "../lib/download.ts";
 
 const BODY = new Uint8Array(100_000).map((_, i) => (i * 7919) % 251);
 const SHA = createHash("sha256").update(BODY).digest("hex");
+const MD5 = createHash("md5").update(BODY).digest("hex");
 
 interface TestServer {
   url: string;
@@ -84,6 +85,7 @@ Deno.test("downloadFile: downloads, verifies, and a second call uses the cache",
     assert.deepEqual(srv.requests.length, 1);
 
     await downloadFile(`${srv.url}/file.bin`, dest, { sha256: SHA });
+    await downloadFile(`${srv.url}/file.bin`, dest, { md5: MD5, size: BODY.length });
     await downloadFile(`${srv.url}/file.bin`, dest);
     assert.deepEqual(srv.requests.length, 1, "cached file must not hit the server");
     assert.deepEqual(await sha256File(dest), SHA);
@@ -120,6 +122,12 @@ Deno.test("downloadFile: checksum mismatch deletes the part file and says so", a
     assertIncludes(err.message, SHA);
     assert(!(await exists(dest)));
     assert(!(await exists(`${dest}.part`)));
+
+    const md5err = await rejection(() =>
+      downloadFile(`${srv.url}/file.bin`, dest, { md5: "f".repeat(32) })
+    );
+    assertIncludes(md5err.message, `md5 ${MD5}, expected ${"f".repeat(32)}`);
+    assert(!(await exists(dest)));
   } finally {
     await srv.close();
     await Deno.remove(dir, { recursive: true });
@@ -135,6 +143,7 @@ Deno.test("downloadFile: resumes a partial .part file with a Range request", asy
     const seen: number[] = [];
     await downloadFile(`${srv.url}/file.bin`, dest, {
       sha256: SHA,
+      md5: MD5,
       onProgress: (done) => seen.push(done),
     });
     assert.deepEqual(srv.requests, [{ path: "/file.bin", range: "bytes=40000-" }]);
