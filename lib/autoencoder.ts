@@ -1,0 +1,134 @@
+/**
+ * The autoencoder interface Anthos trains and samples through, and {@link loadAutoencoder},
+ * which finds the weights: a local folder, the Anthos cache, or (for the SD VAE) the Hugging
+ * Face hub on first use.
+ *
+ * Both autoencoders map `[N, 256, 256, 3]` images in [0, 1] to *scaled* latents `[N, 32, 32, 4]`
+ * (unit-ish variance, the space the DiT models) and back:
+ * - "sd-vae-ft-ema" ({@link AutoencoderKL}): encode = posterior mean * scaling_factor;
+ *   decode(l) = clip((decoder(post_quant_conv(l / scaling_factor)) + 1) / 2, 0, 1).
+ * - "taesd" ({@link Taesd}): encode = encoder(image); decode(l) = clip(decoder(l), 0, 1).
+ *
+ * @module
+ */
+
+import type * as tf from "@tensorflow/tfjs-core";
+import { AutoencoderKL } from "./autoencoder_kl.ts";
+import { anthosHome, downloadFile } from "./download.ts";
+import { Taesd } from "./taesd.ts";
+
+/** The autoencoders Anthos knows. */
+export type AutoencoderKind = "taesd" | "sd-vae-ft-ema";
+
+/** Options of {@link Autoencoder.encode}. */
+export interface EncodeOptions {
+  /** AutoencoderKL only: draw from the posterior instead of taking its mean (needs `seed`). */
+  sample?: boolean;
+  /** Seed of the posterior draw. */
+  seed?: number;
+}
+
+/** An image autoencoder: NHWC images in [0, 1] <-> NHWC scaled latents. */
+export interface Autoencoder {
+  /** Which autoencoder this is. */
+  readonly kind: AutoencoderKind;
+  /** `[N, 256, 256, 3]` images in [0, 1] -> scaled latents `[N, 32, 32, 4]` (caller disposes). */
+  encode(images: tf.Tensor4D, options?: EncodeOptions): tf.Tensor4D;
+  /** Scaled latents `[N, 32, 32, 4]` -> images `[N, 256, 256, 3]` clipped to [0, 1]. */
+  decode(latents: tf.Tensor4D): tf.Tensor4D;
+  /** Frees the weights. */
+  dispose(): void;
+}
+
+/** Options of {@link loadAutoencoder}. */
+export interface LoadAutoencoderOptions {
+  /**
+   * Local folder with the files: for "taesd" `taesd_encoder.safetensors` +
+   * `taesd_decoder.safetensors`; for "sd-vae-ft-ema" a diffusers AutoencoderKL folder
+   * (`config.json` + `diffusion_pytorch_model.safetensors`). Without it the cache is used.
+   */
+  dir?: string;
+  /** Hub base URL; default `$ANTHOS_HF_ENDPOINT`, else https://huggingface.co. */
+  endpoint?: string;
+  /** Download progress of the SD VAE files (bytes so far, total if known). */
+  onProgress?: (file: string, done: number, total: number | null) => void;
+}
+
+/** Hub repository of the SD VAE. */
+export const SD_VAE_REPO = "stabilityai/sd-vae-ft-ema";
+const SD_VAE_FILES = ["config.json", "diffusion_pytorch_model.safetensors"];
+const TAESD_FILES = ["taesd_encoder.safetensors", "taesd_decoder.safetensors"];
+
+/**
+ * Loads an autoencoder. With `dir` the files are read from there. Without it, "sd-vae-ft-ema"
+ * comes from `${anthosHome()}/hub/stabilityai/sd-vae-ft-ema`, downloaded from the hub on first
+ * use (about 335 MB); "taesd" comes from `${anthosHome()}/taesd`, which must hold the two
+ * weight files (nothing is downloaded).
+ *
+ * @example
+ * ```ts
+ * import * as tf from "@tensorflow/tfjs-core";
+ * import { loadAutoencoder } from "./autoencoder.ts";
+ * const vae = await loadAutoencoder("taesd", { dir: "../shared/weights/taesd" });
+ * const lat = vae.encode(tf.zeros([1, 256, 256, 3])); // [1, 32, 32, 4]
+ * const rgb = vae.decode(lat);                         // [1, 256, 256, 3]
+ * vae.dispose();
+ * ```
+ */
+export async function loadAutoencoder(
+  kind: AutoencoderKind,
+  options: LoadAutoencoderOptions = {},
+): Promise<Autoencoder> {
+  if (kind === "taesd") return await Taesd.load({ dir: options.dir ?? await taesdCacheDir() });
+  if (kind === "sd-vae-ft-ema") {
+    return await AutoencoderKL.load(options.dir ?? await fetchSdVae(options));
+  }
+  throw new Error(
+    `unknown autoencoder "${kind}": use "taesd" (fast, small) or "sd-vae-ft-ema" (the SD VAE)`,
+  );
+}
+
+/** The cached TAESD folder, or an error saying where to put the files. */
+async function taesdCacheDir(): Promise<string> {
+  const dir = `${anthosHome()}/taesd`;
+  const missing: string[] = [];
+  for (const f of TAESD_FILES) {
+    if (!(await exists(`${dir}/${f}`))) missing.push(f);
+  }
+  if (missing.length > 0) {
+    throw new Error(
+      `TAESD weights not found: ${missing.join(" and ")} missing in ${dir}. Put ` +
+        `taesd_encoder.safetensors and taesd_decoder.safetensors there (from ` +
+        `https://github.com/madebyollin/taesd; in this workplace ../shared/weights/taesd has ` +
+        `them), or pass { dir } / --vae-dir with the folder that holds them.`,
+    );
+  }
+  return dir;
+}
+
+/** Downloads (once) the SD VAE files into the cache and returns the folder. */
+async function fetchSdVae(options: LoadAutoencoderOptions): Promise<string> {
+  const endpoint = (options.endpoint ?? Deno.env.get("ANTHOS_HF_ENDPOINT") ??
+    "https://huggingface.co").replace(/\/+$/, "");
+  const dir = `${anthosHome()}/hub/${SD_VAE_REPO}`;
+  for (const f of SD_VAE_FILES) {
+    const url = `${endpoint}/${SD_VAE_REPO}/resolve/main/${f}`;
+    await downloadFile(url, `${dir}/${f}`, {
+      onProgress: options.onProgress && ((done, total) => options.onProgress!(f, done, total)),
+      manualHint: `download ${SD_VAE_FILES.join(" and ")} from ` +
+        `https://huggingface.co/${SD_VAE_REPO}/tree/main by hand and put them in ${dir} ` +
+        `(or pass { dir } / --vae-dir with a folder holding them)`,
+    });
+  }
+  return dir;
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await Deno.stat(path);
+    return true;
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return false;
+    throw e;
+  }
+}
