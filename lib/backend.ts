@@ -1,0 +1,392 @@
+/**
+ * Choosing and starting a TensorFlow.js backend under Deno.
+ *
+ * `loadBackend(name)` registers, initialises and activates one of four backends and reports what
+ * it got (thread count, SIMD, GPU adapter). The name defaults to `$ANTHOS_BACKEND`, else `wasm`.
+ * Library code never calls this itself: entry points (tasks, notebooks, tests) pick the backend.
+ *
+ * - `wasm`: XNNPACK with SIMD. With `threads > 1` (the default on multi-core machines) it runs the
+ *   multi-threaded build (`tfjs-backend-wasm-threaded-simd.wasm`, Emscripten pthreads), which
+ *   tfjs itself switches off on Node-like platforms; see {@link startWasm} for how it is enabled.
+ *   The `.wasm` binaries are read from the npm package on disk (no network).
+ * - `cpu`: tfjs-backend-cpu (plain JS, slow, the reference).
+ * - `webgpu`: Deno's `navigator.gpu` (on a GPU-less Linux box: Mesa's lavapipe, from the Debian
+ *   package `mesa-vulkan-drivers`). The device is created here with a clean descriptor.
+ * - `tensorflow`: native libtensorflow via `@tensorflow/tfjs-node(-gpu)`, imported only on demand.
+ *
+ * @module
+ */
+import * as tf from "@tensorflow/tfjs-core";
+
+/** Names accepted by {@link loadBackend}. */
+export type BackendName = "wasm" | "cpu" | "webgpu" | "tensorflow";
+
+/** Every backend name, in order of preference for this project. */
+export const BACKENDS: readonly BackendName[] = ["wasm", "cpu", "webgpu", "tensorflow"];
+
+/** What {@link loadBackend} started. */
+export interface BackendInfo {
+  /** The active tfjs backend. */
+  name: BackendName;
+  /** wasm: XNNPACK threads actually in use (1 = single-threaded build). */
+  threads?: number;
+  /** wasm: whether the SIMD build is in use. */
+  simd?: boolean;
+  /** webgpu: the adapter's description, e.g. "llvmpipe (LLVM 15.0.6, 256 bits)". */
+  adapter?: string;
+  /** webgpu: true for a software (fallback) adapter such as lavapipe. */
+  fallbackAdapter?: boolean;
+  /** tensorflow: the module specifier that provided the backend. */
+  module?: string;
+}
+
+/** Options for {@link loadBackend}. */
+export interface LoadBackendOptions {
+  /**
+   * wasm only: XNNPACK threads, 1..8 (the threaded build pre-spawns 8 workers). Default: the
+   * number of logical CPUs, capped at 8. Fixed for the process once wasm has started.
+   */
+  threads?: number;
+  /**
+   * tensorflow only: module specifiers tried in order. Default: tfjs-node-gpu, then tfjs-node
+   * (both `npm:` at the tfjs version in use).
+   */
+  tensorflowModules?: readonly string[];
+}
+
+/** The env var that names the default backend. */
+export const BACKEND_ENV = "ANTHOS_BACKEND";
+
+const TFJS_VERSION = "4.22.0";
+/** Most pthreads the threaded wasm build can use: it pre-spawns this many workers. */
+const WASM_MAX_THREADS = 8;
+
+const loaded = new Map<BackendName, BackendInfo>();
+
+/**
+ * Starts a tfjs backend (once per process) and makes it the active one.
+ *
+ * Loading a backend again is cheap: it only switches to it. Switching between backends in one
+ * process works (tensors move lazily). Unknown names, a missing GPU adapter or a missing native
+ * tensorflow binding throw an error that says how to fix it.
+ *
+ * @param name backend to start; default `$ANTHOS_BACKEND`, else `"wasm"`.
+ * @example
+ * ```ts
+ * import { loadBackend } from "./backend.ts";
+ * const info = await loadBackend("wasm", { threads: 2 });
+ * console.log(info); // { name: "wasm", threads: 2, simd: true }
+ * ```
+ */
+export async function loadBackend(
+  name?: BackendName,
+  options: LoadBackendOptions = {},
+): Promise<BackendInfo> {
+  const chosen = checkName(name ?? defaultBackendName());
+  const known = loaded.get(chosen);
+  if (known && tf.findBackend(chosen) != null) {
+    if (chosen === "wasm" && options.threads != null && wasmThreads(options) !== known.threads) {
+      throw new Error(
+        `wasm already started with ${known.threads} thread(s) in this process; its thread count ` +
+          `is fixed at the first loadBackend("wasm"): pass threads there (or drop the option).`,
+      );
+    }
+    await activate(chosen);
+    return { ...known };
+  }
+  let info: BackendInfo;
+  switch (chosen) {
+    case "wasm":
+      info = await startWasm(wasmThreads(options));
+      break;
+    case "cpu":
+      await import("@tensorflow/tfjs-backend-cpu");
+      await activate("cpu");
+      // Silence the one-time "install tfjs-node to speed things up" banner (IS_NODE is true).
+      (tf.backend() as { firstUse?: boolean }).firstUse = false;
+      info = { name: "cpu" };
+      break;
+    case "webgpu":
+      info = await startWebGpu();
+      break;
+    case "tensorflow":
+      info = await startTensorflow(options.tensorflowModules ?? defaultTensorflowModules());
+      break;
+  }
+  loaded.set(chosen, info);
+  return { ...info };
+}
+
+/**
+ * The backend named by `$ANTHOS_BACKEND`, else `"wasm"` (also when env access is not granted).
+ *
+ * @example
+ * ```ts
+ * import { defaultBackendName } from "./backend.ts";
+ * Deno.env.set("ANTHOS_BACKEND", "cpu");
+ * console.log(defaultBackendName()); // "cpu"
+ * ```
+ */
+export function defaultBackendName(): BackendName {
+  let env: string | undefined;
+  try {
+    env = Deno.env.get(BACKEND_ENV);
+  } catch {
+    env = undefined; // no --allow-env: fall back to the default
+  }
+  if (env == null || env.trim() === "") return "wasm";
+  return checkName(env.trim(), `$${BACKEND_ENV}`);
+}
+
+/**
+ * Backends that can start on this machine without installing anything: `wasm` and `cpu` always,
+ * `webgpu` when `navigator.gpu` yields an adapter, `tensorflow` only once it has been loaded
+ * (probing it would download packages).
+ *
+ * @example
+ * ```ts
+ * import { availableBackends, loadBackend } from "./backend.ts";
+ * for (const name of await availableBackends()) console.log(await loadBackend(name));
+ * ```
+ */
+export async function availableBackends(): Promise<BackendName[]> {
+  const out: BackendName[] = ["wasm", "cpu"];
+  if (loaded.has("webgpu") || (await gpuAdapter()) != null) out.push("webgpu");
+  if (loaded.has("tensorflow")) out.push("tensorflow");
+  return out;
+}
+
+function checkName(name: string, source = "backend name"): BackendName {
+  if ((BACKENDS as readonly string[]).includes(name)) return name as BackendName;
+  throw new Error(
+    `unknown ${source} "${name}": use one of ${BACKENDS.map((b) => `"${b}"`).join(", ")}.`,
+  );
+}
+
+async function activate(name: BackendName): Promise<void> {
+  if (!(await tf.setBackend(name))) {
+    throw new Error(`tf.setBackend("${name}") failed; see the tfjs error logged above.`);
+  }
+  await tf.ready();
+}
+
+// ---------------------------------------------------------------------------------------- wasm
+
+function wasmThreads(options: LoadBackendOptions): number {
+  const n = options.threads ?? Math.min(navigator.hardwareConcurrency || 1, WASM_MAX_THREADS);
+  if (!Number.isInteger(n) || n < 1 || n > WASM_MAX_THREADS) {
+    throw new Error(`threads must be an integer in 1..${WASM_MAX_THREADS}, got ${n}.`);
+  }
+  return n;
+}
+
+/**
+ * Starts the wasm backend, multi-threaded when `threads > 1`.
+ *
+ * Why threads need help under Deno: Deno exposes `process`, so both tfjs and Emscripten take the
+ * Node.js code path, and three things break there:
+ * 1. tfjs forces `WASM_HAS_MULTITHREAD_SUPPORT` to false when `IS_NODE` (tfjs issue #3830). We set
+ *    the flag to true; Deno has SharedArrayBuffer, shared WebAssembly.Memory and Atomics.
+ * 2. Emscripten's Node path sets `globalThis.Worker = worker_threads.Worker` and then spawns each
+ *    pthread worker from a `blob:` URL, which worker_threads rejects (ERR_WORKER_PATH); the worker
+ *    script would also try `fs.readFileSync` on the blob URL of the main script. During start-up we
+ *    make `globalThis.Worker` an accessor that hands out {@link PTHREAD_SHIM}-based workers (and
+ *    ignores Emscripten's assignment), then restore Deno's own `Worker`. The shim runs
+ *    Emscripten's worker script in its *web worker* mode inside a `node:worker_threads` worker
+ *    (which, unlike Deno's web workers, can be `unref()`ed so the process still exits).
+ * 3. tfjs caps threads at `os.cpus().length / 2` (it assumes hyperthreading), i.e. 1 on a 2-core
+ *    box. We report `2 * threads` CPUs while the module starts, so `threads` is honoured.
+ * All 8 pthread workers are spawned at start-up (PTHREAD_POOL_SIZE), so no worker is created after
+ * `globalThis.Worker` is restored. If the threaded start fails we warn and fall back to 1 thread.
+ */
+async function startWasm(threads: number): Promise<BackendInfo> {
+  const wasm = await import("@tensorflow/tfjs-backend-wasm");
+  // The SIMD and non-SIMD binaries are read with fs from the package's dist/ folder on disk (the
+  // Node path's default prefix is the bundle's own __dirname), so no setWasmPaths is needed.
+  const simd = (await tf.env().getAsync("WASM_HAS_SIMD_SUPPORT")) as boolean;
+  let useThreads = threads > 1 && simd && typeof SharedArrayBuffer === "function";
+  tf.env().set("WASM_HAS_MULTITHREAD_SUPPORT", useThreads);
+  wasm.setThreadsCount(threads);
+  let ok = false;
+  if (useThreads) {
+    const restore = await patchForPthreads(threads);
+    try {
+      ok = await tf.setBackend("wasm");
+    } finally {
+      restore();
+    }
+    if (!ok) {
+      console.warn("wasm: multi-threaded start failed (see above); using 1 thread instead.");
+      useThreads = false;
+      tf.env().set("WASM_HAS_MULTITHREAD_SUPPORT", false);
+      wasm.setThreadsCount(1);
+    }
+  }
+  if (!ok) ok = await tf.setBackend("wasm");
+  if (!ok) throw new Error(`tf.setBackend("wasm") failed; see the tfjs error logged above.`);
+  await tf.ready();
+  return { name: "wasm", threads: useThreads ? wasm.getThreadsCount() : 1, simd };
+}
+
+/**
+ * Source of each pthread worker (CommonJS, run by `node:worker_threads` with `eval: true`).
+ * It fetches Emscripten's worker script from the blob URL tfjs made, and runs it and the main
+ * module script with `process`/`require` hidden, so both take their web-worker paths; their
+ * `postMessage`/`self` go through this worker's `parentPort`. Messages are handled in order,
+ * after the (async) script loads.
+ */
+const PTHREAD_SHIM = `"use strict";
+const { parentPort, workerData } = require("node:worker_threads");
+const post = (msg, transfer) => parentPort.postMessage(msg, transfer);
+const self = { location: { href: "file:///tfjs-backend-wasm-threaded-simd.worker.js" } };
+const startWorker = (m) => self.startWorker(m);
+const NAMES = ["process", "require", "self", "postMessage", "importScripts", "startWorker"];
+let mainScript = "";
+function run(src, tail) {
+  return new Function(...NAMES, src + tail)(undefined, undefined, self, post, importScripts,
+    startWorker);
+}
+function importScripts() {
+  globalThis.WasmBackendModuleThreadedSimd = run(mainScript,
+    "\\n;return WasmBackendModuleThreadedSimd;");
+}
+let queue = fetch(workerData.url).then((r) => r.text()).then((src) => { run(src, ""); });
+parentPort.on("message", (data) => {
+  queue = queue.then(async () => {
+    if (data && data.cmd === "load" && typeof data.urlOrBlob !== "string") {
+      mainScript = await data.urlOrBlob.text();
+      data.urlOrBlob = "main-script";
+    }
+    self.onmessage({ data });
+  }).catch((e) => { console.error("tfjs wasm pthread worker:", e); throw e; });
+});
+`;
+
+/** Installs the start-up patches described at {@link startWasm}; returns their undo. */
+async function patchForPthreads(threads: number): Promise<() => void> {
+  const { Worker: NodeWorker } = await import("node:worker_threads");
+  const os = (await import("node:os")).default as { cpus: () => unknown[] };
+  class PthreadWorker extends NodeWorker {
+    constructor(url: string | URL) {
+      super(PTHREAD_SHIM, { eval: true, workerData: { url: String(url) } });
+    }
+  }
+  const workerDesc = Object.getOwnPropertyDescriptor(globalThis, "Worker");
+  Object.defineProperty(globalThis, "Worker", {
+    configurable: true,
+    get: () => PthreadWorker,
+    set: () => {}, // Emscripten assigns worker_threads.Worker here; keep ours
+  });
+  const cpus = os.cpus;
+  const one = cpus()[0];
+  os.cpus = () => Array.from({ length: 2 * threads }, () => one);
+  return () => {
+    os.cpus = cpus;
+    if (workerDesc) Object.defineProperty(globalThis, "Worker", workerDesc);
+    else delete (globalThis as { Worker?: unknown }).Worker;
+  };
+}
+
+// -------------------------------------------------------------------------------------- webgpu
+
+let adapterPromise: Promise<GPUAdapter | null> | null = null;
+
+function gpuAdapter(): Promise<GPUAdapter | null> {
+  if (typeof navigator === "undefined" || !("gpu" in navigator) || navigator.gpu == null) {
+    return Promise.resolve(null);
+  }
+  adapterPromise ??= navigator.gpu.requestAdapter({ powerPreference: "high-performance" })
+    .catch(() => null);
+  return adapterPromise;
+}
+
+/**
+ * Starts the webgpu backend on a device made here, not by tfjs's own factory.
+ *
+ * Why: tfjs-backend-webgpu 4.22 asks for `requiredFeatures: ["timestamp-query",
+ * ["bgra8unorm-storage"]]` (a nested array, a tfjs bug), which strict WebGPU implementations
+ * reject, and it crashes with a TypeError when there is no adapter. We request the adapter, then
+ * a device with a flat feature list and the same limits tfjs wants, and register a factory that
+ * wraps that device in `WebGPUBackend` (no patching of node_modules).
+ */
+async function startWebGpu(): Promise<BackendInfo> {
+  const adapter = await gpuAdapter();
+  if (adapter == null) {
+    const why = typeof navigator !== "undefined" && "gpu" in navigator
+      ? "navigator.gpu.requestAdapter() returned no adapter"
+      : "navigator.gpu is missing (Deno < 2 needs --unstable-webgpu)";
+    throw new Error(
+      `webgpu unavailable: ${why}. Install a Vulkan driver (on Debian/Ubuntu without a GPU: ` +
+        `\`apt-get install mesa-vulkan-drivers\` for the lavapipe CPU adapter), or use wasm/cpu.`,
+    );
+  }
+  const { WebGPUBackend } = await import("@tensorflow/tfjs-backend-webgpu");
+  if (tf.findBackend("webgpu") == null) {
+    const features = (["timestamp-query", "bgra8unorm-storage"] as GPUFeatureName[])
+      .filter((f) => adapter.features.has(f));
+    const l = adapter.limits;
+    const device = await adapter.requestDevice({
+      requiredFeatures: features,
+      requiredLimits: {
+        maxComputeWorkgroupStorageSize: l.maxComputeWorkgroupStorageSize,
+        maxComputeWorkgroupsPerDimension: l.maxComputeWorkgroupsPerDimension,
+        maxStorageBufferBindingSize: l.maxStorageBufferBindingSize,
+        maxBufferSize: l.maxBufferSize,
+        maxComputeWorkgroupSizeX: l.maxComputeWorkgroupSizeX,
+        maxComputeInvocationsPerWorkgroup: l.maxComputeInvocationsPerWorkgroup,
+      },
+    });
+    // Replace the factory the package registered on import (if any) with ours.
+    if (tf.engine().registryFactory["webgpu"] != null) tf.removeBackend("webgpu");
+    // deno-lint-ignore no-explicit-any
+    const make = () => new WebGPUBackend(device as any, adapter.info as any);
+    tf.registerBackend("webgpu", make, 3);
+  }
+  await activate("webgpu");
+  const info = adapter.info;
+  const label = info.description || [info.vendor, info.architecture, info.device]
+    .filter((s) => s).join(" ") ||
+    "unknown adapter";
+  return { name: "webgpu", adapter: label, fallbackAdapter: info.isFallbackAdapter === true };
+}
+
+// ---------------------------------------------------------------------------------- tensorflow
+
+function defaultTensorflowModules(): string[] {
+  return ["tfjs-node-gpu", "tfjs-node"].map((p) => `npm:@tensorflow/${p}@${TFJS_VERSION}`);
+}
+
+/**
+ * Imports the first loadable tfjs-node flavour, which registers the "tensorflow" backend.
+ * The specifiers are computed strings so `deno check`/`deno publish` never resolve or download
+ * them; Deno fetches an `npm:` one only when this runs. Their install scripts (which download
+ * libtensorflow) must be allowed explicitly, hence the install step in the error.
+ */
+async function startTensorflow(modules: readonly string[]): Promise<BackendInfo> {
+  const failures: string[] = [];
+  for (const spec of modules) {
+    try {
+      await import(spec);
+    } catch (e) {
+      failures.push(`${spec}: ${String((e as Error)?.message ?? e).split("\n")[0]}`);
+      continue;
+    }
+    if (tf.engine().registryFactory["tensorflow"] == null) {
+      failures.push(
+        `${spec}: loaded, but registered no "tensorflow" backend on this tfjs-core ` +
+          `(its @tensorflow/tfjs-core must be ${TFJS_VERSION})`,
+      );
+      continue;
+    }
+    await activate("tensorflow");
+    return { name: "tensorflow", module: spec };
+  }
+  throw new Error(
+    `tensorflow backend unavailable: no tfjs-node module could be loaded.\n  ` +
+      failures.join("\n  ") +
+      `\nInstall it with its native binding (the install script downloads libtensorflow): ` +
+      `\`deno add npm:@tensorflow/tfjs-node@${TFJS_VERSION} && deno install ` +
+      `--allow-scripts=npm:@tensorflow/tfjs-node\` (tfjs-node-gpu for CUDA), or use ` +
+      `wasm, cpu or webgpu.`,
+  );
+}
