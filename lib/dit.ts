@@ -16,6 +16,7 @@ import * as tf from "@tensorflow/tfjs-core";
 // tfjs-core ships no gradient functions in its Node bundle; the union package registers them
 // (into the global registry shared with tfjs-core), so training works on every backend.
 import "@tensorflow/tfjs";
+import { matmul } from "./matmul.ts";
 import { Rng } from "./rng.ts";
 import { readSafetensors, type TensorToWrite, writeSafetensors } from "./safetensors.ts";
 
@@ -272,9 +273,8 @@ function linear(x: tf.Tensor, l: Linear): tf.Tensor {
   const [i, o] = l.weight.shape;
   const lead = x.shape.slice(0, -1);
   const x2 = tf.reshape(x, [-1, i]); // [M, in]
-  const y = l.bias
-    ? tf.fused.matMul({ a: x2, b: l.weight, bias: l.bias }) // [M, out]
-    : tf.matMul(x2, l.weight);
+  const xw = matmul(x2, l.weight); // [M, out]
+  const y = l.bias ? tf.add(xw, l.bias) : xw;
   return tf.reshape(y, [...lead, o]);
 }
 
@@ -298,8 +298,9 @@ function attention(x: tf.Tensor, p: BlockParams["attn"], heads: number): tf.Tens
   const [q0, k0, v] = tf.unstack(qkv).map((a) => tf.reshape(a, [n * heads, t, hd])); // [NH, T, hd]
   const q = layerNorm(q0);
   const k = layerNorm(k0);
-  const logits = tf.mul(tf.matMul(q, k, false, true), 1 / Math.sqrt(hd)); // [NH, T, T]
-  const a = tf.matMul(tf.softmax(logits), v); // [NH, T, hd]
+  // k is transposed once here so both products are plain (see matmul.ts).
+  const logits = tf.mul(matmul(q, tf.transpose(k, [0, 2, 1])), 1 / Math.sqrt(hd)); // [NH, T, T]
+  const a = matmul(tf.softmax(logits), v); // [NH, T, hd]
   const merged = tf.reshape(tf.transpose(tf.reshape(a, [n, heads, t, hd]), [0, 2, 1, 3]), [
     n,
     t,
@@ -385,7 +386,7 @@ export function ditForward(
     // Embedding lookup as one-hot @ table: exact, and its gradient is a matmul on every backend
     // (gather's gradient needs UnsortedSegmentSum, which the wasm backend lacks).
     const oneHot = tf.oneHot(y, config.numClasses + 1); // [N, K+1]
-    const c = tf.add(tEmb, tf.matMul(tf.cast(oneHot, "float32"), params.yEmbedder.embeddingTable)); // [N, D]
+    const c = tf.add(tEmb, matmul(tf.cast(oneHot, "float32"), params.yEmbedder.embeddingTable)); // [N, D]
     for (const block of params.blocks) h = ditBlock(h, c, block, config.numHeads);
     return unpatchify(finalLayer(h, c, params.finalLayer), p, config.inChannels); // [N, H, W, C]
   });
