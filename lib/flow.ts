@@ -38,7 +38,7 @@ export interface FlowBatch {
  */
 export function flowBatch(
   data: tf.Tensor4D,
-  options: { y: ClassIds; rng: Rng; classDropout?: number; nullId?: number },
+  options: { y: Int32Array | readonly number[]; rng: Rng; classDropout?: number; nullId?: number },
 ): FlowBatch {
   const [n] = data.shape;
   const { rng } = options;
@@ -46,9 +46,7 @@ export function flowBatch(
   const nullId = options.nullId ?? 102;
   const t = new Float32Array(n);
   for (let i = 0; i < n; i++) t[i] = 1 / (1 + Math.exp(-rng.normal())); // sigmoid(N(0, 1))
-  const labels = options.y instanceof tf.Tensor
-    ? options.y.dataSync() as Int32Array
-    : Int32Array.from(options.y as ArrayLike<number>);
+  const labels = Int32Array.from(options.y);
   const y = new Int32Array(n);
   for (let i = 0; i < n; i++) y[i] = rng.uniform() < dropout ? nullId : labels[i];
   const noiseValues = rng.normalArray(data.size);

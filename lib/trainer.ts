@@ -1,0 +1,451 @@
+/**
+ * The trainer: rectified-flow training of a DiT exactly as the published recipe (MODEL.md):
+ * logit-normal t, class dropout 0.1, AdamW (0.9, 0.95, eps 1e-8, wd 0), lr 1e-4 with a 1,000-step
+ * linear warmup, global-norm clipping 1.0, EMA 0.9999 — with checkpoints that resume bit for bit.
+ *
+ * The latent set lives on the backend's device; each step gathers its batch there from a seeded
+ * per-epoch permutation (the original's "GPU latent loader"). All randomness of step k comes
+ * from `Rng(seed, k)`, so a run is a pure function of (seed, data, step) and resuming only needs
+ * the step number and the saved weights, EMA and optimizer moments.
+ *
+ * @module
+ */
+
+import * as tf from "@tensorflow/tfjs-core";
+import {
+  DiT,
+  type DiTConfig,
+  fromTorchLayout,
+  nullClassId,
+  PRESETS,
+  toTorchLayout,
+} from "./dit.ts";
+import { disposeBatch, type FlowBatch, flowBatch, flowLoss } from "./flow.ts";
+import type { LatentDataset } from "./latents.ts";
+import { Rng } from "./rng.ts";
+import { readSafetensors, type TensorToWrite, writeSafetensors } from "./safetensors.ts";
+
+// ---------------------------------------------------------------- configuration
+
+/** Training hyper-parameters. Defaults are the published Anthos run. */
+export interface TrainConfig {
+  /** Model preset name from {@link PRESETS}. */
+  model: string;
+  /** Global batch size. */
+  batchSize: number;
+  /** Largest chunk run through the model at once; gradients are accumulated over chunks. */
+  microBatch: number;
+  /** Total optimizer steps. */
+  steps: number;
+  /** Peak learning rate. */
+  lr: number;
+  /** Linear warmup length in steps (lr rises from 0). */
+  warmupSteps: number;
+  /** AdamW betas. */
+  betas: [number, number];
+  /** AdamW epsilon. */
+  eps: number;
+  /** AdamW decoupled weight decay. */
+  weightDecay: number;
+  /** Clip gradients to this global L2 norm. */
+  gradClip: number;
+  /** EMA decay of the trainable weights. */
+  emaDecay: number;
+  /** Probability of replacing a label with the null class. */
+  classDropout: number;
+  /** Seed of everything random (init, data order, t, noise, dropout). */
+  seed: number;
+}
+
+/** Named training presets: `anthos` (the published run) and `smoke` (a short CPU run). */
+export const TRAIN_PRESETS: Readonly<Record<string, TrainConfig>> = Object.freeze({
+  anthos: {
+    model: "DiT-Nano/2",
+    batchSize: 256,
+    microBatch: 256,
+    steps: 120_000,
+    lr: 1e-4,
+    warmupSteps: 1_000,
+    betas: [0.9, 0.95],
+    eps: 1e-8,
+    weightDecay: 0,
+    gradClip: 1.0,
+    emaDecay: 0.9999,
+    classDropout: 0.1,
+    seed: 0,
+  },
+  // A few hundred steps at small batch: shows the loss falling on a CPU in minutes.
+  smoke: {
+    model: "DiT-Nano/2",
+    batchSize: 16,
+    microBatch: 16,
+    steps: 300,
+    lr: 1e-3,
+    warmupSteps: 30,
+    betas: [0.9, 0.95],
+    eps: 1e-8,
+    weightDecay: 0,
+    gradClip: 1.0,
+    emaDecay: 0.99,
+    classDropout: 0.1,
+    seed: 0,
+  },
+});
+
+/** What one step reports. */
+export interface StepInfo {
+  /** Steps done so far (1 after the first update). */
+  step: number;
+  /** Mean loss of the batch. */
+  loss: number;
+  /** Global gradient norm before clipping. */
+  gradNorm: number;
+  /** Learning rate used for this update. */
+  lr: number;
+}
+
+/** Learning rate for the update that makes step `step` (1-based): linear warmup, then constant. */
+export function learningRate(
+  step: number,
+  config: Pick<TrainConfig, "lr" | "warmupSteps">,
+): number {
+  return config.warmupSteps > 0 ? config.lr * Math.min(1, step / config.warmupSteps) : config.lr;
+}
+
+/** A non-finite loss: training stops and the last checkpoint stays as it was. */
+export class NonFiniteLossError extends Error {
+  override name = "NonFiniteLossError";
+}
+
+// ---------------------------------------------------------------- trainer
+
+/**
+ * Trains a DiT on a latent dataset with AdamW, clipping, warmup and EMA.
+ *
+ * @example
+ * ```ts
+ * import { Trainer } from "./trainer.ts";
+ * import { loadLatents } from "./latents.ts";
+ * const data = await loadLatents("runs/latents.safetensors");
+ * const trainer = new Trainer({ preset: "smoke", steps: 100 });
+ * await trainer.fit(data, { onStep: (s) => console.log(s.step, s.loss) });
+ * await trainer.ema.save("weights/model.safetensors");
+ * ```
+ */
+export class Trainer {
+  /** The resolved configuration. */
+  readonly config: TrainConfig;
+  /** The model being trained. */
+  readonly model: DiT;
+  /** EMA of the model's trainable weights (its position table is the model's). */
+  readonly ema: DiT;
+  /** Updates done so far. */
+  step = 0;
+  #m: tf.Variable[];
+  #v: tf.Variable[];
+  #vars: tf.Variable[];
+  #emaVars: tf.Variable[];
+
+  /** Creates a trainer; `preset` picks the base ("anthos" by default), the rest overrides it. */
+  constructor(
+    options: Partial<TrainConfig> & {
+      preset?: string;
+      modelConfig?: Partial<DiTConfig>;
+      /** Start from these weights instead of a fresh init (the trainer takes ownership). */
+      init?: DiT;
+    } = {},
+  ) {
+    const { preset = "anthos", modelConfig, init, ...rest } = options;
+    const base = TRAIN_PRESETS[preset];
+    if (!base) {
+      throw new Error(
+        `unknown training preset "${preset}": use one of ${Object.keys(TRAIN_PRESETS).join(", ")}`,
+      );
+    }
+    const config: TrainConfig = { ...base, ...rest };
+    if (options.batchSize !== undefined && options.microBatch === undefined) {
+      config.microBatch = Math.min(base.microBatch, config.batchSize);
+    }
+    validate(config);
+    this.config = config;
+    const arch = PRESETS[config.model];
+    if (!arch) {
+      throw new Error(
+        `unknown model preset "${config.model}": use one of ${Object.keys(PRESETS).join(", ")}`,
+      );
+    }
+    this.model = init ?? DiT.create({ ...arch, ...modelConfig }, { seed: config.seed });
+    this.ema = this.model.clone();
+    this.#vars = this.model.trainableVariables();
+    this.#emaVars = this.ema.trainableVariables();
+    this.#m = this.#vars.map((v) => tf.variable(tf.zerosLike(v), false));
+    this.#v = this.#vars.map((v) => tf.variable(tf.zerosLike(v), false));
+  }
+
+  /**
+   * The data indices of step `step` (0-based): consecutive slices of a stream of per-epoch
+   * permutations, each drawn from the seed and the epoch number alone.
+   */
+  batchIndices(step: number, datasetSize: number): Int32Array {
+    const b = this.config.batchSize;
+    const out = new Int32Array(b);
+    let perm: Int32Array | null = null;
+    let permEpoch = -1;
+    for (let i = 0; i < b; i++) {
+      const g = step * b + i;
+      const epoch = Math.floor(g / datasetSize);
+      if (epoch !== permEpoch) {
+        perm = new Rng(mixSeed(this.config.seed, 0x5eed, epoch)).permutation(datasetSize);
+        permEpoch = epoch;
+      }
+      out[i] = perm![g % datasetSize];
+    }
+    return out;
+  }
+
+  /**
+   * Runs one optimizer step on a batch drawn from `data`. Throws {@link NonFiniteLossError} on a
+   * NaN/Inf loss before any weight changes.
+   */
+  async trainStep(data: LatentDataset): Promise<StepInfo> {
+    const c = this.config;
+    const n = data.latents.shape[0];
+    const idx = this.batchIndices(this.step, n);
+    const rng = new Rng(mixSeed(c.seed, 0x7a11, this.step));
+    const labels = Int32Array.from(idx, (i) => data.labels[i]);
+    const clean = tf.tidy(() => tf.gather(data.latents, tf.tensor1d(idx, "int32"))); // [B, H, W, C]
+    const batch = flowBatch(clean, {
+      y: labels,
+      rng,
+      classDropout: c.classDropout,
+      nullId: nullClassId(this.model.config),
+    });
+    clean.dispose();
+    try {
+      return await this.stepOnBatch(batch);
+    } finally {
+      disposeBatch(batch);
+    }
+  }
+
+  /**
+   * One optimizer step on a prepared batch (x_t, t, y, v): loss, gradients (accumulated over
+   * micro-batches), clipping, AdamW, EMA. `lr` overrides the schedule. The batch stays owned by
+   * the caller.
+   */
+  async stepOnBatch(batch: FlowBatch, options: { lr?: number } = {}): Promise<StepInfo> {
+    const { loss, grads } = await this.#lossAndGrads(batch);
+    try {
+      if (!Number.isFinite(loss)) {
+        throw new NonFiniteLossError(
+          `loss is ${loss} at step ${this.step + 1}: training stopped, weights unchanged ` +
+            `(the last checkpoint is intact). Lower the learning rate or check the latents.`,
+        );
+      }
+      const lr = options.lr ?? learningRate(this.step + 1, this.config);
+      const gradNorm = await this.#applyAdamW(grads, lr);
+      this.step++;
+      return { step: this.step, loss, gradNorm, lr };
+    } finally {
+      tf.dispose(grads);
+    }
+  }
+
+  /** Loss and summed gradients over micro-batches (each chunk's mean weighted by its share). */
+  async #lossAndGrads(batch: FlowBatch): Promise<{ loss: number; grads: tf.Tensor[] }> {
+    const b = batch.xt.shape[0];
+    const mb = Math.min(this.config.microBatch, b);
+    let grads: tf.Tensor[] | null = null;
+    let loss = 0;
+    for (let start = 0; start < b; start += mb) {
+      const size = Math.min(mb, b - start);
+      const chunk: FlowBatch = b === size ? batch : tf.tidy(() => ({
+        xt: tf.slice(batch.xt, [start, 0, 0, 0], [size, -1, -1, -1]),
+        t: tf.slice(batch.t, [start], [size]),
+        y: tf.slice(batch.y, [start], [size]),
+        v: tf.slice(batch.v, [start, 0, 0, 0], [size, -1, -1, -1]),
+      }));
+      const weight = size / b;
+      const { value, grads: g } = tf.variableGrads(
+        () => tf.mul(flowLoss(this.model, chunk), weight) as tf.Scalar,
+        this.#vars,
+      );
+      loss += (await value.data())[0];
+      value.dispose();
+      const list = this.#vars.map((v) => g[v.name]);
+      if (grads === null) grads = list;
+      else {
+        const sum: tf.Tensor[] = grads.map((acc, i) => tf.add(acc, list[i]));
+        tf.dispose([...grads, ...list]);
+        grads = sum;
+      }
+      if (chunk !== batch) disposeBatch(chunk);
+    }
+    return { loss, grads: grads! };
+  }
+
+  /** Clip to the global norm, AdamW update (torch's formulation), EMA update. Returns the norm. */
+  async #applyAdamW(grads: tf.Tensor[], lr: number): Promise<number> {
+    const c = this.config;
+    const [b1, b2] = c.betas;
+    const t = this.step + 1;
+    const normT = tf.tidy(() => tf.sqrt(tf.addN(grads.map((g) => tf.sum(tf.square(g))))));
+    const gradNorm = (await normT.data())[0];
+    normT.dispose();
+    // torch.nn.utils.clip_grad_norm_: scale by min(1, max_norm / (norm + 1e-6)).
+    const clip = Math.min(1, c.gradClip / (gradNorm + 1e-6));
+    const stepSize = lr / (1 - b1 ** t);
+    const bc2Sqrt = Math.sqrt(1 - b2 ** t);
+    tf.tidy(() => {
+      this.#vars.forEach((p, i) => {
+        const g = clip < 1 ? tf.mul(grads[i], clip) : grads[i];
+        const m = tf.add(this.#m[i], tf.mul(tf.sub(g, this.#m[i]), 1 - b1)); // m.lerp_(g, 1 - b1)
+        const v = tf.add(tf.mul(this.#v[i], b2), tf.mul(tf.square(g), 1 - b2));
+        const denom = tf.add(tf.div(tf.sqrt(v), bc2Sqrt), c.eps);
+        const decayed = c.weightDecay ? tf.mul(p, 1 - lr * c.weightDecay) : p;
+        p.assign(tf.sub(decayed, tf.mul(tf.div(m, denom), stepSize)));
+        this.#m[i].assign(m);
+        this.#v[i].assign(v);
+        const e = this.#emaVars[i];
+        e.assign(tf.add(e, tf.mul(tf.sub(p, e), 1 - c.emaDecay))); // ema.lerp_(p, 1 - decay)
+      });
+    });
+    return gradNorm;
+  }
+
+  /**
+   * Trains until `config.steps` (or `options.untilStep`), calling `onStep` after every update.
+   * `onStep` may return a promise (e.g. to write a checkpoint); it is awaited.
+   */
+  async fit(
+    data: LatentDataset,
+    options: {
+      untilStep?: number;
+      onStep?: (info: StepInfo) => void | Promise<void>;
+      signal?: AbortSignal;
+    } = {},
+  ): Promise<StepInfo | null> {
+    const until = options.untilStep ?? this.config.steps;
+    let last: StepInfo | null = null;
+    while (this.step < until && !options.signal?.aborted) {
+      last = await this.trainStep(data);
+      await options.onStep?.(last);
+    }
+    return last;
+  }
+
+  /**
+   * Writes a checkpoint atomically: weights, EMA, AdamW moments (PyTorch layout, F32), the step,
+   * the configuration and the RNG state (seed and step, from which all randomness derives).
+   */
+  async saveCheckpoint(path: string): Promise<void> {
+    const tensors: Record<string, TensorToWrite> = {};
+    const add = async (prefix: string, model: DiT) => {
+      for (const [k, v] of Object.entries(await model.stateDict())) tensors[prefix + k] = v;
+    };
+    await add("model.", this.model);
+    await add("ema.", this.ema);
+    const named = this.model.namedParams().filter((p) => p.key !== "pos_embed");
+    for (const [prefix, moments] of [["adam_m.", this.#m], ["adam_v.", this.#v]] as const) {
+      for (let i = 0; i < named.length; i++) {
+        // Moments share their parameter's layout, so store them in the same (PyTorch) layout.
+        const tmp = this.#vars[i];
+        const np = named[i];
+        const data = await moments[i].data() as Float32Array;
+        tensors[prefix + np.key] = {
+          dtype: "F32",
+          shape: np.torchShape,
+          data: toTorchLayout(data, tmp.shape, np.torchShape, np.layout),
+        };
+      }
+    }
+    await writeSafetensors(path, tensors, {
+      metadata: {
+        format: "anthos-checkpoint",
+        step: String(this.step),
+        train_config: JSON.stringify(this.config),
+        model_config: JSON.stringify(this.model.config),
+        rng: JSON.stringify({ seed: this.config.seed, step: this.step }),
+      },
+    });
+  }
+
+  /**
+   * Restores a trainer from a checkpoint written by {@link Trainer.saveCheckpoint}; training
+   * then continues on exactly the trajectory of an uninterrupted run.
+   */
+  static async resume(path: string, overrides: Partial<TrainConfig> = {}): Promise<Trainer> {
+    const { tensors, metadata } = await readSafetensors(path, { what: "checkpoint" });
+    if (metadata.format !== "anthos-checkpoint") {
+      throw new Error(`${path} is not an Anthos training checkpoint (format "${metadata.format}")`);
+    }
+    const config = { ...JSON.parse(metadata.train_config), ...overrides } as TrainConfig;
+    const modelConfig = JSON.parse(metadata.model_config) as DiTConfig;
+    const trainer = new Trainer({ ...config, preset: "anthos", modelConfig });
+    const restore = (prefix: string, model: DiT) => {
+      for (const np of model.namedParams()) {
+        const t = tensors.get(prefix + np.key);
+        if (!t) throw new Error(`checkpoint ${path} lacks "${prefix + np.key}": it is incomplete`);
+        np.variable.assign(
+          tf.tensor(
+            fromTorchLayout(t.data as Float32Array, np.variable.shape, np.torchShape, np.layout),
+            np.variable.shape,
+          ),
+        );
+      }
+    };
+    tf.tidy(() => {
+      restore("model.", trainer.model);
+      restore("ema.", trainer.ema);
+      const named = trainer.model.namedParams().filter((p) => p.key !== "pos_embed");
+      for (const [prefix, moments] of [["adam_m.", trainer.#m], ["adam_v.", trainer.#v]] as const) {
+        named.forEach((np, i) => {
+          const t = tensors.get(prefix + np.key);
+          if (!t) {
+            throw new Error(`checkpoint ${path} lacks "${prefix + np.key}": it is incomplete`);
+          }
+          moments[i].assign(
+            tf.tensor(
+              fromTorchLayout(t.data as Float32Array, np.variable.shape, np.torchShape, np.layout),
+              np.variable.shape,
+            ),
+          );
+        });
+      }
+    });
+    trainer.step = Number(metadata.step);
+    return trainer;
+  }
+
+  /** Frees the model, EMA and optimizer state. */
+  dispose(): void {
+    this.model.dispose();
+    this.ema.dispose();
+    tf.dispose([...this.#m, ...this.#v]);
+  }
+}
+
+function validate(c: TrainConfig): void {
+  const positiveInt = ["batchSize", "microBatch", "steps"] as const;
+  for (const k of positiveInt) {
+    if (!Number.isInteger(c[k]) || c[k] < 1) {
+      throw new Error(`${k} must be a positive integer, got ${c[k]}`);
+    }
+  }
+  if (!(c.lr > 0)) throw new Error(`lr must be positive, got ${c.lr}`);
+  if (!(c.classDropout >= 0 && c.classDropout < 1)) {
+    throw new Error(`classDropout must be in [0, 1), got ${c.classDropout}`);
+  }
+  if (!(c.emaDecay >= 0 && c.emaDecay < 1)) {
+    throw new Error(`emaDecay must be in [0, 1), got ${c.emaDecay}`);
+  }
+}
+
+/** Mixes a seed, a stream tag and a counter into one 32-bit seed (distinct streams per step). */
+function mixSeed(seed: number, stream: number, counter: number): number {
+  let h = (Math.trunc(seed) ^ Math.imul(stream, 0x9e3779b1)) >>> 0;
+  h = Math.imul(h ^ (h >>> 16), 0x85ebca6b) >>> 0;
+  h = (h ^ Math.imul(counter + 1, 0xc2b2ae35)) >>> 0;
+  h = Math.imul(h ^ (h >>> 13), 0x27d4eb2f) >>> 0;
+  return (h ^ (h >>> 16)) >>> 0;
+}

@@ -1,0 +1,54 @@
+// Assertions for the tests (jsr:@std/assert is unreachable here): node:assert plus the few
+// std-style helpers the tests use, with the same names and argument order.
+import assertNode from "node:assert/strict";
+
+export function assert(cond: unknown, msg?: string): asserts cond {
+  assertNode.ok(cond, msg);
+}
+export function assertEquals<T>(actual: T, expected: T, msg?: string): void {
+  assertNode.deepStrictEqual(actual, expected, msg);
+}
+export function assertLess(a: number, b: number, msg?: string): void {
+  assertNode.ok(a < b, msg ?? `expected ${a} < ${b}`);
+}
+export function assertGreater(a: number, b: number, msg?: string): void {
+  assertNode.ok(a > b, msg ?? `expected ${a} > ${b}`);
+}
+/** Asserts `fn` throws an error of class `cls` whose message includes `includes`. */
+export function assertThrows(
+  fn: () => unknown,
+  // deno-lint-ignore no-explicit-any
+  cls: new (...args: any[]) => Error = Error,
+  includes = "",
+): Error {
+  try {
+    fn();
+  } catch (e) {
+    assertNode.ok(e instanceof cls, `expected ${cls.name}, got ${e}`);
+    assertNode.ok(
+      (e as Error).message.includes(includes),
+      `"${(e as Error).message}" lacks "${includes}"`,
+    );
+    return e as Error;
+  }
+  throw new assertNode.AssertionError({ message: `expected ${cls.name} to be thrown` });
+}
+/** Async version of {@link assertThrows}. */
+export async function assertRejects(
+  fn: () => Promise<unknown>,
+  // deno-lint-ignore no-explicit-any
+  cls: new (...args: any[]) => Error = Error,
+  includes = "",
+): Promise<Error> {
+  try {
+    await fn();
+  } catch (e) {
+    assertNode.ok(e instanceof cls, `expected ${cls.name}, got ${e}`);
+    assertNode.ok(
+      (e as Error).message.includes(includes),
+      `"${(e as Error).message}" lacks "${includes}"`,
+    );
+    return e as Error;
+  }
+  throw new assertNode.AssertionError({ message: `expected ${cls.name} to be rejected` });
+}

@@ -1,0 +1,217 @@
+// DiT-Nano/2 against the golden vectors of ../shared/spec/golden (made by dit_ref.py), on every
+// backend CI has: the forward pass, the loss, every gradient, Euler and Heun samples.
+import * as tf from "@tensorflow/tfjs-core";
+import { assert, assertEquals, assertLess, assertRejects, assertThrows } from "./_assert.ts";
+import { type BackendName, loadBackend } from "../lib/backend.ts";
+import { DiT, type NamedParam, toTorchLayout } from "../lib/dit.ts";
+import { sample } from "../lib/flow.ts";
+import { parseSafetensors, type RawTensor, readSafetensors } from "../lib/safetensors.ts";
+import { IN_CI, relErr, sharedPath } from "./_shared.ts";
+
+const weightsPath = sharedPath("spec/golden/weights.safetensors");
+const casePath = sharedPath("spec/golden/case.safetensors");
+
+async function golden(): Promise<Map<string, RawTensor>> {
+  return (await readSafetensors(casePath!)).tensors;
+}
+const t4 = (r: RawTensor) =>
+  tf.tensor4d(r.data as Float32Array, r.shape as [number, number, number, number]);
+
+/** A parameter's gradient in PyTorch layout, to compare with `grad.<key>`. */
+async function torchGrad(np: NamedParam, g: tf.Tensor): Promise<Float32Array> {
+  // data(), not dataSync(): webgpu only reads back asynchronously.
+  const data = await g.data() as Float32Array;
+  return toTorchLayout(data, np.variable.shape, np.torchShape, np.layout);
+}
+
+/** Loads a backend for a parity run; webgpu may be absent outside CI (then: a loud skip). */
+async function useBackend(name: BackendName): Promise<boolean> {
+  try {
+    await loadBackend(name);
+    return true;
+  } catch (e) {
+    if (IN_CI) throw e;
+    console.warn(`SKIP ${name}: ${(e as Error).message}`);
+    return false;
+  }
+}
+
+Deno.test("DiT-Nano/2 has 983,808 parameters, 959,232 trainable", async () => {
+  await loadBackend("wasm");
+  const m = DiT.create();
+  assertEquals(m.paramCount(), 983_808);
+  assertEquals(m.trainableVariables().reduce((a, v) => a + v.size, 0), 959_232);
+  m.dispose();
+});
+
+Deno.test("adaLN-Zero init: a fresh model outputs exactly zero", async () => {
+  await loadBackend("wasm");
+  const m = DiT.create({}, { seed: 3 });
+  const x = tf.randomNormal([2, 32, 32, 4], 0, 1, "float32", 1) as tf.Tensor4D;
+  const v = m.forward(x, [0.3, 0.9], [5, 102]);
+  const data = v.dataSync();
+  assert(data.every((a) => a === 0), "fresh model output must be exactly 0");
+  // Not a trivial model: the embedders are initialised (non-zero), only the output gates are 0.
+  assert(m.params.xEmbedder.proj.weight.dataSync().some((a) => a !== 0));
+  tf.dispose([x, v]);
+  m.dispose();
+});
+
+for (const backend of ["wasm", "webgpu"] as const) {
+  Deno.test({
+    name: `golden parity on ${backend}: forward, loss, every gradient, Euler and Heun`,
+    ignore: !weightsPath || !casePath,
+    fn: async () => {
+      if (!(await useBackend(backend))) return;
+      const c = await golden();
+      const m = await DiT.load(weightsPath!);
+      const x = t4(c.get("x_t")!);
+      const t = tf.tensor1d(c.get("t")!.data as Float32Array);
+      const y = tf.tensor1d(c.get("y")!.data as Int32Array, "int32");
+      const vt = t4(c.get("v_target")!);
+      const before = tf.memory().numTensors;
+
+      const v = m.forward(x, t, y);
+      const eFwd = relErr(await v.data() as Float32Array, c.get("v_pred")!.data);
+      assertLess(eFwd, 1e-4, `forward rel err ${eFwd}`);
+      v.dispose();
+
+      const vars = m.trainableVariables();
+      const { value, grads } = tf.variableGrads(
+        () => tf.mean(tf.square(tf.sub(m.forward(x, t, y), vt))) as tf.Scalar,
+        vars,
+      );
+      const eLoss = relErr(await value.data(), c.get("loss")!.data);
+      assertLess(eLoss, 1e-4, `loss rel err ${eLoss}`);
+      let worst = 0;
+      const named = m.namedParams().filter((p) => p.key !== "pos_embed");
+      assertEquals(named.length, Object.keys(grads).length);
+      for (const np of named) {
+        const e = relErr(
+          await torchGrad(np, grads[np.variable.name]),
+          c.get(`grad.${np.key}`)!.data,
+        );
+        assertLess(e, 1e-4, `gradient of ${np.key}: rel err ${e}`);
+        worst = Math.max(worst, e);
+      }
+      tf.dispose([value, ...Object.values(grads)]);
+      // No tensor leaks across a forward + backward pass.
+      assertEquals(tf.memory().numTensors, before);
+
+      const steps = Number((await readSafetensors(casePath!)).metadata.steps);
+      const cfg = Number((await readSafetensors(casePath!)).metadata.cfg_scale);
+      const noise = t4(c.get("sample_noise")!);
+      const ys = Array.from(c.get("sample_y")!.data);
+      const errs: Record<string, number> = {};
+      for (const sampler of ["euler", "heun"] as const) {
+        const n0 = tf.memory().numTensors;
+        const z = await sample(m, noise, ys, { steps, cfgScale: cfg, sampler });
+        errs[sampler] = relErr(await z.data() as Float32Array, c.get(`sample_${sampler}`)!.data);
+        assertLess(errs[sampler], 1e-4, `${sampler} rel err ${errs[sampler]}`);
+        z.dispose();
+        assertEquals(tf.memory().numTensors, n0, "sample() leaked tensors");
+      }
+      console.log(
+        `${backend}: forward ${eFwd.toExponential(2)}, loss ${eLoss.toExponential(2)}, ` +
+          `worst grad ${worst.toExponential(2)}, euler ${errs.euler.toExponential(2)}, ` +
+          `heun ${errs.heun.toExponential(2)}`,
+      );
+      tf.dispose([x, t, y, vt, noise]);
+      m.dispose();
+    },
+  });
+}
+
+Deno.test({
+  name: "weights round trip: load golden, save, reload -> bit-identical tensors",
+  ignore: !weightsPath,
+  fn: async () => {
+    await loadBackend("wasm");
+    const src = (await readSafetensors(weightsPath!)).tensors;
+    const m = await DiT.load(weightsPath!);
+    const dir = await Deno.makeTempDir();
+    await m.save(`${dir}/w.safetensors`);
+    const saved = (await readSafetensors(`${dir}/w.safetensors`)).tensors;
+    assertEquals([...saved.keys()].sort(), [...src.keys()].sort());
+    for (const [k, t] of src) {
+      assertEquals(saved.get(k)!.shape, t.shape, k);
+      assertEquals(saved.get(k)!.dtype, "F32");
+      assert(
+        (saved.get(k)!.data as Float32Array).every((v, i) => Object.is(v, t.data[i])),
+        `${k} differs after save`,
+      );
+    }
+    const again = await DiT.load(`${dir}/w.safetensors`);
+    for (const [a, b] of again.namedParams().map((p, i) => [p, m.namedParams()[i]])) {
+      assert(a.variable.dataSync().every((v, i) => Object.is(v, b.variable.dataSync()[i])), a.key);
+    }
+    m.dispose();
+    again.dispose();
+    await Deno.remove(dir, { recursive: true });
+  },
+});
+
+Deno.test("bad input: wrong latent shape, class id out of range, bad t", async () => {
+  await loadBackend("wasm");
+  const m = DiT.create();
+  const x = tf.zeros([2, 4, 32, 32]) as tf.Tensor4D; // NCHW by mistake
+  assertThrows(() => m.forward(x, [0.5, 0.5], [1, 2]), Error, "expected [N, 32, 32, 4]");
+  const ok = tf.zeros([2, 32, 32, 4]) as tf.Tensor4D;
+  assertThrows(() => m.forward(ok, [0.5, 0.5], [1, 103]), Error, "class id 103 is out of range");
+  assertThrows(() => m.forward(ok, [0.5, 0.5], [-1, 3]), Error, "out of range");
+  assertThrows(() => m.forward(ok, [0.5], [1, 2]), Error, "t has shape [1], expected [2]");
+  assertThrows(() => m.forward(ok, [0.5, 0.5], [1]), Error, "y has shape [1], expected [2]");
+  await assertRejects(() => sample(m, ok, [1, 2], { steps: 0 }), Error, "steps");
+  await assertRejects(
+    // deno-lint-ignore no-explicit-any
+    () => sample(m, ok, [1, 2], { sampler: "dpm" as any }),
+    Error,
+    'unknown sampler "dpm"',
+  );
+  tf.dispose([x, ok]);
+  m.dispose();
+});
+
+Deno.test({
+  name: "bad weights: corrupt header, truncated file, missing and mis-shaped keys",
+  ignore: !weightsPath,
+  fn: async () => {
+    await loadBackend("wasm");
+    const bytes = await Deno.readFile(weightsPath!);
+    // Corrupt JSON header.
+    const corrupt = bytes.slice();
+    corrupt[10] = 0xff;
+    corrupt[11] = 0x7b;
+    await assertRejects(() => DiT.load(corrupt), Error, "JSON header");
+    // Truncated data: the error names a tensor and the byte where it ends.
+    await assertRejects(() => DiT.load(bytes.slice(0, bytes.length - 1000)), Error, "ends at byte");
+    await assertRejects(() => DiT.load(bytes.slice(0, 5)), Error, "8-byte header");
+    // Missing key and wrong shape, built from the real file's tensors.
+    const { tensors } = parseSafetensors(bytes);
+    const { serializeSafetensors } = await import("../lib/safetensors.ts");
+    const rec = Object.fromEntries(
+      [...tensors].map(([k, t]) => [k, { dtype: "F32" as const, shape: t.shape, data: t.data }]),
+    );
+    const missing = { ...rec };
+    delete missing["blocks.3.mlp.w2.bias"];
+    await assertRejects(
+      () => DiT.load(serializeSafetensors(missing)),
+      Error,
+      'missing key "blocks.3.mlp.w2.bias"',
+    );
+    const wrong = {
+      ...rec,
+      "final_layer.linear.weight": {
+        dtype: "F32" as const,
+        shape: [8, 96],
+        data: new Float32Array(768),
+      },
+    };
+    await assertRejects(
+      () => DiT.load(serializeSafetensors(wrong)),
+      Error,
+      'key "final_layer.linear.weight" has shape [8,96], expected [16,96]',
+    );
+    await assertRejects(() => DiT.load("/nonexistent/model.safetensors"), Error, "not found");
+  },
+});
