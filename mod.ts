@@ -1,0 +1,69 @@
+/**
+ * Anthos: class-conditional latent flow matching for the 102 Oxford flowers, in TypeScript.
+ *
+ * A DiT-Nano/2 (983,808 parameters) trained with rectified flow on Stable Diffusion VAE latents,
+ * sampled with Heun (50 steps) and classifier-free guidance 4.0; on TensorFlow.js (`wasm` by
+ * default, `webgpu`, `cpu`, or native `tensorflow`).
+ *
+ * @example Generate flowers
+ * ```ts
+ * import { AnthosPipeline } from "jsr:@glint/anthos";
+ * const pipe = await AnthosPipeline.load({ repoDir: ".", backend: "wasm" });
+ * const images = await pipe.generate("rose,sunflower", { nPerClass: 2, seed: 42 });
+ * await images[0].save("rose.png");
+ * ```
+ *
+ * @example Train on a latent cache
+ * ```ts
+ * import { loadBackend, loadLatents, Trainer } from "jsr:@glint/anthos";
+ * await loadBackend("wasm");
+ * const data = await loadLatents("runs/latents-taesd.safetensors");
+ * const trainer = new Trainer({ preset: "smoke" });
+ * await trainer.fit(data, { onStep: (s) => console.log(s.step, s.loss) });
+ * ```
+ *
+ * @module
+ */
+
+export { type BackendInfo, type BackendName, BACKENDS, loadBackend } from "./lib/backend.ts";
+export {
+  DEFAULT_CONFIG,
+  DiT,
+  type DiTConfig,
+  ditForward,
+  type DiTParams,
+  nullClassId,
+  PRESETS,
+} from "./lib/dit.ts";
+export {
+  disposeBatch,
+  type FlowBatch,
+  flowBatch,
+  flowLoss,
+  randomNoise,
+  sample,
+  SAMPLE_DEFAULTS,
+  type SampleOptions,
+  type SamplerName,
+} from "./lib/flow.ts";
+export {
+  learningRate,
+  NonFiniteLossError,
+  type StepInfo,
+  TRAIN_PRESETS,
+  type TrainConfig,
+  Trainer,
+} from "./lib/trainer.ts";
+export { type LatentDataset, loadLatents, saveLatents } from "./lib/latents.ts";
+export {
+  type Autoencoder,
+  type AutoencoderKind,
+  loadAutoencoder,
+  type LoadAutoencoderOptions,
+} from "./lib/autoencoder.ts";
+export { flipHorizontal, makeGrid, readImage, toPng, writePng } from "./lib/image.ts";
+export { ClassNames, parseClassSelection } from "./lib/classes.ts";
+export { loadOxford, type OxfordDataset } from "./lib/oxford.ts";
+export { readSafetensors, writeSafetensors } from "./lib/safetensors.ts";
+export { Rng } from "./lib/rng.ts";
+export { readWeightsConfig, type WeightsConfig } from "./lib/weights_config.ts";
