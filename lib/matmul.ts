@@ -32,8 +32,8 @@ function rawMatmul(a: tf.Tensor, b: tf.Tensor): tf.Tensor {
   if (a.rank === 2 || !plainOnly()) return tf.matMul(a as tf.Tensor3D, b as tf.Tensor3D);
   // Batched on wasm: one XNNPACK product per slice. Slices are cut from the data in JS because
   // wasm's Slice/Unpack kernels copy at a few hundred MB/s, slower than the products themselves.
-  const [nb, m, k] = a.shape;
-  const n = b.shape[2];
+  const [nb, m, k] = a.shape as [number, number, number];
+  const n = b.shape[2] as number;
   const ad = a.dataSync() as Float32Array;
   const bd = b.dataSync() as Float32Array;
   const out = new Float32Array(nb * m * n);
@@ -47,7 +47,8 @@ function rawMatmul(a: tf.Tensor, b: tf.Tensor): tf.Tensor {
   return tf.tensor3d(out, [nb, m, n]);
 }
 
-const customMatmul = tf.customGrad((a: tf.Tensor, b: tf.Tensor, save: tf.GradSaveFunc) => {
+// deno-lint-ignore no-explicit-any
+const customMatmul = tf.customGrad(((a: tf.Tensor, b: tf.Tensor, save: tf.GradSaveFunc) => {
   save([a, b]);
   return {
     value: rawMatmul(a, b),
@@ -57,7 +58,8 @@ const customMatmul = tf.customGrad((a: tf.Tensor, b: tf.Tensor, save: tf.GradSav
       return [rawMatmul(dy, transposeLast(sb)), rawMatmul(transposeLast(sa), dy)];
     },
   };
-});
+  // tfjs types customGrad's callback with a rest parameter; ours takes (a, b, save).
+}) as any);
 
 /**
  * `a @ b` for `[M, K] @ [K, N]` or batched `[B, M, K] @ [B, K, N]`, differentiable, with the
