@@ -47,7 +47,6 @@ function rawMatmul(a: tf.Tensor, b: tf.Tensor): tf.Tensor {
   return tf.tensor3d(out, [nb, m, n]);
 }
 
-// deno-lint-ignore no-explicit-any
 const customMatmul = tf.customGrad(((a: tf.Tensor, b: tf.Tensor, save: tf.GradSaveFunc) => {
   save([a, b]);
   return {
@@ -59,6 +58,7 @@ const customMatmul = tf.customGrad(((a: tf.Tensor, b: tf.Tensor, save: tf.GradSa
     },
   };
   // tfjs types customGrad's callback with a rest parameter; ours takes (a, b, save).
+  // deno-lint-ignore no-explicit-any
 }) as any);
 
 /**
