@@ -158,7 +158,7 @@ export class AutoencoderKL implements Autoencoder {
           `use the config.json that came with these weights.`,
       );
     };
-    const want = expectedShapes(config);
+    const want = klWeightShapes(config);
     const renamed = new Map<string, RawTensor>();
     for (const [k, t] of tensors) {
       // Legacy attention names (query/key/value/proj_attn) -> current ones.
@@ -194,7 +194,7 @@ export class AutoencoderKL implements Autoencoder {
   static random(config: AutoencoderKLConfig, options: { seed?: number } = {}): AutoencoderKL {
     const rng = new Rng(options.seed ?? 0);
     const tensors = new Map<string, RawTensor>();
-    for (const [k, shape] of expectedShapes(config)) {
+    for (const [k, shape] of klWeightShapes(config)) {
       const n = shape.reduce((a, b) => a * b, 1);
       let data: Float32Array;
       if (shape.length === 1) {
@@ -398,11 +398,21 @@ export class AutoencoderKL implements Autoencoder {
   #norm(p: string, x: tf.Tensor4D): tf.Tensor4D {
     const [n, h, w, c] = x.shape;
     const g = this.config.norm_num_groups;
-    const xg = tf.reshape(x, [n, h * w, g, c / g]); // [N, HW, G, C/G]
-    // Biased variance and eps inside the sqrt, as PyTorch.
-    const { mean, variance } = tf.moments(xg, [1, 3], true); // [N, 1, G, 1]
-    const y = tf.reshape(tf.mul(tf.sub(xg, mean), tf.rsqrt(tf.add(variance, EPS))), [n, h, w, c]);
-    return tf.add(tf.mul(y, this.#w.get(`${p}.weight`)!), this.#w.get(`${p}.bias`)!);
+    const cg = c / g;
+    // Per-channel mean and variance with a global average pool (NHWC-native, no transposes,
+    // two-pass), then the group variance as the pooled variance of its channels (law of total
+    // variance): mean over the group's channels of var_c + (m_c - m_g)^2. Biased, as PyTorch.
+    const mc = tf.avgPool(x, [h, w], 1, "valid"); // [N, 1, 1, C]
+    const vc = tf.avgPool(tf.squaredDifference(x, mc) as tf.Tensor4D, [h, w], 1, "valid"); // [N, 1, 1, C]
+    const mcg = tf.reshape(mc, [n, g, cg]);
+    const mg = tf.mean(mcg, 2, true); // [N, G, 1]
+    const vg = tf.mean(tf.add(tf.reshape(vc, [n, g, cg]), tf.squaredDifference(mcg, mg)), 2, true);
+    // eps inside the sqrt; normalisation and affine folded into y = x*a + b per (sample, channel).
+    const gamma = tf.reshape(this.#w.get(`${p}.weight`)!, [1, g, cg]);
+    const beta = tf.reshape(this.#w.get(`${p}.bias`)!, [1, g, cg]);
+    const a = tf.mul(gamma, tf.rsqrt(tf.add(vg, EPS))); // [N, G, C/G]
+    const b = tf.sub(beta, tf.mul(mg, a)); // [N, G, C/G]
+    return tf.add(tf.mul(x, tf.reshape(a, [n, 1, 1, c])), tf.reshape(b, [n, 1, 1, c]));
   }
 
   /** Conv with PyTorch semantics: 3x3 pad 1, 1x1 pad 0, stride-2 pad right/bottom by 1. */
@@ -417,7 +427,7 @@ export class AutoencoderKL implements Autoencoder {
     const s = latents.shape;
     const L = this.config.latent_channels;
     if (s.length !== 4 || s[3] !== L || s[0] < 1) {
-      const hint = s.length === 3 ? " Add the batch axis with latents.expandDims(0)." : "";
+      const hint = s.length === 3 ? " Add the batch axis with tf.expandDims(latents, 0)." : "";
       throw new Error(
         `expected latents of shape [N, 32, 32, ${L}] (NHWC; any h, w), got [${s}].${hint}`,
       );
@@ -504,8 +514,18 @@ export function parseKLConfig(json: unknown, source = "config.json"): Autoencode
   return cfg;
 }
 
-/** Every weight key of a config with its PyTorch shape, in a stable order. */
-function expectedShapes(cfg: AutoencoderKLConfig): Map<string, number[]> {
+/**
+ * Every weight key of a config with its PyTorch shape (current attention key names), in a
+ * stable order: the state dict a diffusers AutoencoderKL of this config has.
+ *
+ * @example
+ * ```ts
+ * import { klWeightShapes, SD_VAE_FT_EMA_CONFIG } from "./autoencoder_kl.ts";
+ * const shapes = klWeightShapes(SD_VAE_FT_EMA_CONFIG); // 248 keys
+ * shapes.get("encoder.conv_in.weight"); // [128, 3, 3, 3]
+ * ```
+ */
+export function klWeightShapes(cfg: AutoencoderKLConfig): Map<string, number[]> {
   const m = new Map<string, number[]>();
   const conv = (p: string, cin: number, cout: number, k: number) => {
     m.set(`${p}.weight`, [cout, cin, k, k]);

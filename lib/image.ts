@@ -69,7 +69,7 @@ export async function readImageRaw(
   }
   const what = typeof pathOrBytes === "string"
     ? pathOrBytes
-    : `image bytes (${pathOrBytes.length})`;
+    : `image bytes (${pathOrBytes.length} bytes)`;
   const bytes = typeof pathOrBytes === "string" ? await readBytes(pathOrBytes) : pathOrBytes;
 
   // failOn "truncated" turns a cut-off file into an error instead of a half-grey image.
@@ -335,7 +335,7 @@ export function checkImageBatch(images: tf.Tensor, options: { size?: number } = 
   const size = options.size;
   const want = size ? `[N, ${size}, ${size}, 3]` : "[N, H, W, 3]";
   const hint = s.length === 3
-    ? " Add the batch axis with tf.stack([img]) or img.expandDims(0)."
+    ? " Add the batch axis with tf.stack([img]) or tf.expandDims(img, 0)."
     : s.length === 4 && s[1] === 3
     ? " This looks like NCHW: images are NHWC (channels last)."
     : "";

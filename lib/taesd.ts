@@ -15,6 +15,7 @@
 import * as tf from "@tensorflow/tfjs-core";
 import type { Autoencoder } from "./autoencoder.ts";
 import { checkImageBatch } from "./image.ts";
+import { Rng } from "./rng.ts";
 import { type RawTensor, readSafetensors } from "./safetensors.ts";
 
 /** One layer of the sequential encoder/decoder, by its index key in the weight file. */
@@ -163,6 +164,33 @@ export class Taesd implements Autoencoder {
   }
 
   /**
+   * A TAESD with random weights (N(0, 1/fan_in), zero biases), for benchmarks and shape tests.
+   *
+   * @example
+   * ```ts
+   * import { Taesd } from "./taesd.ts";
+   * const vae = Taesd.random({ seed: 0 });
+   * ```
+   */
+  static random(options: { seed?: number } = {}): Taesd {
+    const rng = new Rng(options.seed ?? 0);
+    const weights = new Map<string, tf.Tensor>();
+    for (const [part, layers] of [["encoder", ENCODER], ["decoder", DECODER]] as const) {
+      const tensors = new Map<string, RawTensor>();
+      for (const [k, shape] of layerShapes(layers)) {
+        const n = shape.reduce((a, b) => a * b, 1);
+        const std = 1 / Math.sqrt(n / shape[0]);
+        const data = shape.length === 1
+          ? new Float32Array(n)
+          : rng.normalArray(n).map((v) => v * std);
+        tensors.set(k, { dtype: "F32", shape, data });
+      }
+      for (const [k, t] of takeWeights(tensors, layers, "random")) weights.set(`${part}.${k}`, t);
+    }
+    return new Taesd(weights);
+  }
+
+  /**
    * Images `[N, H, W, 3]` in [0, 1] -> scaled latents `[N, H/8, W/8, 4]`.
    *
    * @example
@@ -274,18 +302,7 @@ function takeWeights(
   layers: Layer[],
   where: string,
 ): Map<string, tf.Tensor> {
-  const want = new Map<string, number[]>();
-  for (const l of layers) {
-    if (l.op === "conv") {
-      want.set(`${l.key}.weight`, [l.cout, l.cin, 3, 3]);
-      if (l.bias) want.set(`${l.key}.bias`, [l.cout]);
-    } else if (l.op === "block") {
-      for (const i of [0, 2, 4]) {
-        want.set(`${l.key}.conv.${i}.weight`, [64, 64, 3, 3]);
-        want.set(`${l.key}.conv.${i}.bias`, [64]);
-      }
-    }
-  }
+  const want = layerShapes(layers);
   const bad = (msg: string): never => {
     throw new Error(`${where}: ${msg}. Use the original TAESD weights (taesd_*.safetensors).`);
   };
@@ -315,10 +332,27 @@ function takeWeights(
   return out;
 }
 
+/** Every weight key `layers` needs, with its PyTorch shape. */
+function layerShapes(layers: Layer[]): Map<string, number[]> {
+  const want = new Map<string, number[]>();
+  for (const l of layers) {
+    if (l.op === "conv") {
+      want.set(`${l.key}.weight`, [l.cout, l.cin, 3, 3]);
+      if (l.bias) want.set(`${l.key}.bias`, [l.cout]);
+    } else if (l.op === "block") {
+      for (const i of [0, 2, 4]) {
+        want.set(`${l.key}.conv.${i}.weight`, [64, 64, 3, 3]);
+        want.set(`${l.key}.conv.${i}.bias`, [64]);
+      }
+    }
+  }
+  return want;
+}
+
 function checkLatents(latents: tf.Tensor, channels: number): void {
   const s = latents.shape;
   if (s.length !== 4 || s[3] !== channels || s[0] < 1) {
-    const hint = s.length === 3 ? " Add the batch axis with latents.expandDims(0)." : "";
+    const hint = s.length === 3 ? " Add the batch axis with tf.expandDims(latents, 0)." : "";
     throw new Error(
       `expected latents of shape [N, 32, 32, ${channels}] (NHWC; any h, w), got [${s}].${hint}`,
     );
