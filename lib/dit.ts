@@ -17,6 +17,14 @@ import * as tf from "@tensorflow/tfjs-core";
 // (into the global registry shared with tfjs-core), so training works on every backend.
 import "@tensorflow/tfjs";
 import { matmul } from "./matmul.ts";
+import {
+  attentionCore,
+  fusedKernels,
+  layerNormFused,
+  linearBias,
+  modulateFused,
+  swigluGate,
+} from "./kernels.ts";
 import { Rng } from "./rng.ts";
 import { readSafetensors, type TensorToWrite, writeSafetensors } from "./safetensors.ts";
 
@@ -272,7 +280,10 @@ export function timestepEmbedding(t: tf.Tensor1D, dim = 256): tf.Tensor2D {
 function linear(x: tf.Tensor, l: Linear): tf.Tensor {
   const [i, o] = l.weight.shape;
   const lead = x.shape.slice(0, -1);
-  const x2 = tf.reshape(x, [-1, i]); // [M, in]
+  const x2 = tf.reshape(x, [-1, i]) as tf.Tensor2D; // [M, in]
+  if (l.bias && fusedKernels()) {
+    return tf.reshape(linearBias(x2, l.weight as tf.Tensor2D, l.bias as tf.Tensor1D), [...lead, o]);
+  }
   const xw = matmul(x2, l.weight); // [M, out]
   const y = l.bias ? tf.add(xw, l.bias) : xw;
   return tf.reshape(y, [...lead, o]);
@@ -280,12 +291,16 @@ function linear(x: tf.Tensor, l: Linear): tf.Tensor {
 
 /** LayerNorm over the last axis without affine parameters (biased variance, as torch). */
 function layerNorm(x: tf.Tensor, eps = 1e-6): tf.Tensor {
+  if (fusedKernels()) return layerNormFused(x, eps);
   const { mean, variance } = tf.moments(x, -1, true);
   return tf.mul(tf.sub(x, mean), tf.rsqrt(tf.add(variance, eps)));
 }
 
 /** x * (1 + scale) + shift, with per-sample shift/scale `[N, D]` broadcast over tokens. */
 function modulate(x: tf.Tensor, shift: tf.Tensor, scale: tf.Tensor): tf.Tensor {
+  if (fusedKernels()) {
+    return modulateFused(x as tf.Tensor3D, shift as tf.Tensor2D, scale as tf.Tensor2D);
+  }
   const [n, d] = shift.shape;
   return tf.add(tf.mul(x, tf.add(tf.reshape(scale, [n, 1, d]), 1)), tf.reshape(shift, [n, 1, d]));
 }
@@ -294,25 +309,30 @@ function modulate(x: tf.Tensor, shift: tf.Tensor, scale: tf.Tensor): tf.Tensor {
 function attention(x: tf.Tensor, p: BlockParams["attn"], heads: number): tf.Tensor {
   const [n, t, d] = x.shape;
   const hd = d / heads;
-  const qkv = tf.transpose(tf.reshape(linear(x, p.qkv), [n, t, 3, heads, hd]), [2, 0, 3, 1, 4]); // [3, N, H, T, hd]
-  const [q0, k0, v] = tf.unstack(qkv).map((a) => tf.reshape(a, [n * heads, t, hd])); // [NH, T, hd]
+  // Head split with 3D transposes only (5D transposes are very slow on wasm):
+  // [N*T, 3*H, hd] -> [3*H, N*T, hd] = [3, H*N, T, hd], slices ordered (head, sample).
+  const qkv = tf.transpose(tf.reshape(linear(x, p.qkv), [n * t, 3 * heads, hd]), [1, 0, 2]); // [3H, NT, hd]
+  const [q0, k0, v] = tf.split(qkv, 3, 0).map((a) => tf.reshape(a, [heads * n, t, hd])); // [HN, T, hd]
   const q = layerNorm(q0);
   const k = layerNorm(k0);
-  // k is transposed once here so both products are plain (see matmul.ts).
-  const logits = tf.mul(matmul(q, tf.transpose(k, [0, 2, 1])), 1 / Math.sqrt(hd)); // [NH, T, T]
-  const a = matmul(tf.softmax(logits), v); // [NH, T, hd]
-  const merged = tf.reshape(tf.transpose(tf.reshape(a, [n, heads, t, hd]), [0, 2, 1, 3]), [
-    n,
-    t,
-    d,
-  ]); // [N, T, D]
+  let a: tf.Tensor; // [HN, T, hd]
+  if (fusedKernels()) {
+    a = attentionCore(q as tf.Tensor3D, k as tf.Tensor3D, v as tf.Tensor3D);
+  } else {
+    // k is transposed once here so both products are plain (see matmul.ts).
+    const logits = tf.mul(matmul(q, tf.transpose(k, [0, 2, 1])), 1 / Math.sqrt(hd)); // [HN, T, T]
+    a = matmul(tf.softmax(logits), v); // [HN, T, hd]
+  }
+  const merged = tf.reshape(tf.transpose(tf.reshape(a, [heads, n * t, hd]), [1, 0, 2]), [n, t, d]); // [N, T, D]
   return linear(merged, p.proj);
 }
 
 /** SwiGLU: w3(silu(w1 x) * w2 x). */
 function swiglu(x: tf.Tensor, p: BlockParams["mlp"]): tf.Tensor {
   const a = linear(x, p.w1); // [N, T, H]
-  return linear(tf.mul(tf.mul(a, tf.sigmoid(a)), linear(x, p.w2)), p.w3); // [N, T, D]
+  const b = linear(x, p.w2); // [N, T, H]
+  const gated = fusedKernels() ? swigluGate(a, b) : tf.mul(tf.mul(a, tf.sigmoid(a)), b); // [N, T, H]
+  return linear(gated, p.w3); // [N, T, D]
 }
 
 function silu(x: tf.Tensor): tf.Tensor {

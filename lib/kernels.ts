@@ -1,0 +1,202 @@
+/**
+ * Fused DiT layers with hand-written gradients, for the `wasm` backend.
+ *
+ * Why this file exists: on wasm every tfjs kernel call costs a pass over memory, tensors saved for
+ * the backward pass are copied (tfjs clones them), and autodiff of broadcasts ends in slow
+ * reductions. Each op here runs a few kernels forward, saves only what its closed-form gradient
+ * needs, and keeps every product a plain XNNPACK product (see matmul.ts). The maths is exactly
+ * that of the plain tf ops in dit.ts (to float32 rounding); dit.ts uses these ops when
+ * {@link fusedKernels} is true and plain autodiff elsewhere.
+ *
+ * @module
+ */
+
+import * as tf from "@tensorflow/tfjs-core";
+import { plainMatmul, plainOnly, transposeLast } from "./matmul.ts";
+
+/**
+ * Whether dit.ts should use the fused ops of this file (true on the wasm backend).
+ *
+ * @example
+ * ```ts
+ * import { fusedKernels } from "./kernels.ts";
+ * if (fusedKernels()) console.log("fused wasm path");
+ * ```
+ */
+export function fusedKernels(): boolean {
+  return plainOnly();
+}
+
+/** What a fused op's body returns: its value and the closed-form gradient. */
+interface Fused {
+  value: tf.Tensor;
+  gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => tf.Tensor[];
+}
+
+/** tf.customGrad with a positional signature `(inputs..., save)` (tfjs types it as a rest list). */
+function fused(
+  // deno-lint-ignore no-explicit-any
+  body: (...args: any[]) => Fused,
+): (...inputs: tf.Tensor[]) => tf.Tensor {
+  // deno-lint-ignore no-explicit-any
+  return tf.customGrad(body as any) as unknown as (...inputs: tf.Tensor[]) => tf.Tensor;
+}
+
+/** Sum over all leading axes as one product `ones[1, M] @ x[M, C]` -> `[C]` (fast on XNNPACK). */
+function sumRows(x: tf.Tensor2D): tf.Tensor1D {
+  const [m, c] = x.shape;
+  return tf.reshape(tf.matMul(tf.ones([1, m]), x), [c]); // [C]
+}
+
+const linearOp = fused(
+  (x: tf.Tensor, w: tf.Tensor, b: tf.Tensor, save: tf.GradSaveFunc) => {
+    save([x, w]);
+    return {
+      value: tf.add(tf.matMul(x as tf.Tensor2D, w as tf.Tensor2D), b), // [M, out]
+      gradFunc: (dy: tf.Tensor, [sx, sw]: tf.Tensor[]) => [
+        tf.matMul(dy as tf.Tensor2D, transposeLast(sw) as tf.Tensor2D), // dx = dy @ W^T  [M, in]
+        tf.matMul(transposeLast(sx) as tf.Tensor2D, dy as tf.Tensor2D), // dW = x^T @ dy  [in, out]
+        sumRows(dy as tf.Tensor2D), // db = sum over rows  [out]
+      ],
+    };
+  },
+);
+
+/**
+ * `x @ w + b` for `x [M, in]`, `w [in, out]`, `b [out]`; the bias gradient is a ones-row product.
+ *
+ * @example
+ * ```ts
+ * import * as tf from "@tensorflow/tfjs-core";
+ * import { linearBias } from "./kernels.ts";
+ * linearBias(tf.ones([2, 3]), tf.ones([3, 4]), tf.zeros([4])); // [2, 4], every value 3
+ * ```
+ */
+export function linearBias(x: tf.Tensor2D, w: tf.Tensor2D, b: tf.Tensor1D): tf.Tensor2D {
+  return linearOp(x, w, b) as tf.Tensor2D;
+}
+
+const layerNormOp = fused((x: tf.Tensor, eps: tf.Tensor, save: tf.GradSaveFunc) => {
+  const { mean, variance } = tf.moments(x, -1, true);
+  const rstd = tf.rsqrt(tf.add(variance, eps)); // [..., 1]
+  const y = tf.mul(tf.sub(x, mean), rstd); // [..., D]
+  save([y, rstd]);
+  return {
+    value: y,
+    // dx = rstd * (dy - mean(dy) - y * mean(dy * y)), all over the last axis.
+    gradFunc: (dy: tf.Tensor, [sy, sr]: tf.Tensor[]) => {
+      const centred = tf.sub(dy, tf.mean(dy, -1, true));
+      const dx = tf.mul(tf.sub(centred, tf.mul(sy, tf.mean(tf.mul(dy, sy), -1, true))), sr);
+      return [dx, tf.zerosLike(eps)];
+    },
+  };
+});
+
+/**
+ * LayerNorm over the last axis without affine parameters (biased variance, as torch).
+ *
+ * @example
+ * ```ts
+ * import * as tf from "@tensorflow/tfjs-core";
+ * import { layerNormFused } from "./kernels.ts";
+ * layerNormFused(tf.tensor2d([[1, 2, 3]]), 1e-6); // ~[[-1.22, 0, 1.22]]
+ * ```
+ */
+export function layerNormFused(x: tf.Tensor, eps: number): tf.Tensor {
+  return layerNormOp(x, tf.scalar(eps));
+}
+
+const modulateOp = fused(
+  (x: tf.Tensor, shift: tf.Tensor, scale: tf.Tensor, save: tf.GradSaveFunc) => {
+    const [n, d] = shift.shape;
+    const scale1 = tf.add(tf.reshape(scale, [n, 1, d]), 1); // [N, 1, D]
+    save([x, scale1]);
+    return {
+      value: tf.add(tf.mul(x, scale1), tf.reshape(shift, [n, 1, d])), // [N, T, D]
+      gradFunc: (dy: tf.Tensor, [sx, ss]: tf.Tensor[]) => [
+        tf.mul(dy, ss), // dx = dy * (1 + scale)  [N, T, D]
+        tf.sum(dy, 1), // dshift = sum over tokens  [N, D]
+        tf.sum(tf.mul(dy, sx), 1), // dscale = sum over tokens of dy * x  [N, D]
+      ],
+    };
+  },
+);
+
+/**
+ * `x * (1 + scale) + shift` with `x [N, T, D]` and per-sample `shift`, `scale` `[N, D]`.
+ *
+ * @example
+ * ```ts
+ * import * as tf from "@tensorflow/tfjs-core";
+ * import { modulateFused } from "./kernels.ts";
+ * modulateFused(tf.ones([1, 2, 3]), tf.ones([1, 3]), tf.ones([1, 3])); // every value 3
+ * ```
+ */
+export function modulateFused(x: tf.Tensor3D, shift: tf.Tensor2D, scale: tf.Tensor2D): tf.Tensor3D {
+  return modulateOp(x, shift, scale) as tf.Tensor3D;
+}
+
+const attentionCoreOp = fused(
+  (q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, save: tf.GradSaveFunc) => {
+    const scale = 1 / Math.sqrt(q.shape[2] as number);
+    const qs = tf.mul(q, scale); // [B, T, hd], the softmax scale folded into q
+    const p = tf.softmax(plainMatmul(qs, transposeLast(k))); // [B, T, T]
+    const o = plainMatmul(p, v); // [B, T, hd]
+    save([qs, k, v, p, o]);
+    return {
+      value: o,
+      gradFunc: (dO: tf.Tensor, [sq, sk, sv, sp, so]: tf.Tensor[]) => {
+        // Softmax backward: dS = P * (dP - rowsum(dP * P)), and rowsum(dP * P) = rowsum(dO * O).
+        const dp = plainMatmul(dO, transposeLast(sv)); // [B, T, T]
+        const ds = tf.mul(sp, tf.sub(dp, tf.sum(tf.mul(dO, so), -1, true))); // [B, T, T]
+        const dq = tf.mul(plainMatmul(ds, sk), scale); // [B, T, hd]
+        const dk = transposeLast(plainMatmul(transposeLast(sq), ds)); // (q^T dS)^T = dS^T q  [B, T, hd]
+        const dv = transposeLast(plainMatmul(transposeLast(dO), sp)); // (dO^T P)^T = P^T dO  [B, T, hd]
+        return [dq, dk, dv];
+      },
+    };
+  },
+);
+
+/**
+ * Scaled dot-product attention core `softmax(q k^T / sqrt(hd)) v` over `[B, T, hd]` slices, with
+ * a hand-written backward that keeps only P (not the logits) and uses plain products throughout.
+ *
+ * @example
+ * ```ts
+ * import * as tf from "@tensorflow/tfjs-core";
+ * import { attentionCore } from "./kernels.ts";
+ * const o = attentionCore(tf.ones([2, 4, 8]), tf.ones([2, 4, 8]), tf.ones([2, 4, 8])); // [2, 4, 8]
+ * ```
+ */
+export function attentionCore(q: tf.Tensor3D, k: tf.Tensor3D, v: tf.Tensor3D): tf.Tensor3D {
+  return attentionCoreOp(q, k, v) as tf.Tensor3D;
+}
+
+const swigluGateOp = fused((a: tf.Tensor, b: tf.Tensor, save: tf.GradSaveFunc) => {
+  const sig = tf.sigmoid(a);
+  const silu = tf.mul(a, sig);
+  save([a, b, sig, silu]);
+  return {
+    value: tf.mul(silu, b),
+    // d silu(a) / da = sig * (1 + a * (1 - sig)).
+    gradFunc: (dy: tf.Tensor, [sa, sb, ss, sl]: tf.Tensor[]) => {
+      const dsilu = tf.mul(ss, tf.add(tf.mul(sa, tf.sub(1, ss)), 1));
+      return [tf.mul(tf.mul(dy, sb), dsilu), tf.mul(dy, sl)];
+    },
+  };
+});
+
+/**
+ * `silu(a) * b` (the SwiGLU gate).
+ *
+ * @example
+ * ```ts
+ * import * as tf from "@tensorflow/tfjs-core";
+ * import { swigluGate } from "./kernels.ts";
+ * swigluGate(tf.zeros([2, 3]), tf.ones([2, 3])); // every value 0
+ * ```
+ */
+export function swigluGate(a: tf.Tensor, b: tf.Tensor): tf.Tensor {
+  return swigluGateOp(a, b);
+}
