@@ -46,6 +46,7 @@ export function transposeLast(x: tf.Tensor): tf.Tensor {
 
 /** The pieces of tfjs-backend-wasm 4.22's internals that {@link wasmBatched} uses. */
 interface WasmInternals {
+  makeOutput(shape: number[], dtype: "float32"): tf.TensorInfo;
   dataIdMap: { get(dataId: unknown): { memoryOffset: number } };
   wasm: {
     cwrap(name: string, ret: null, args: string[]): (...args: unknown[]) => void;
@@ -68,7 +69,7 @@ let nextViewId = 2 ** 30;
  */
 function wasmBatched(a: tf.Tensor3D, b: tf.Tensor3D): tf.Tensor3D | null {
   const be = tf.backend() as unknown as WasmInternals;
-  if (!be.dataIdMap?.get || !be.wasm?.tfjs?.registerTensor) return null;
+  if (!be.makeOutput || !be.dataIdMap?.get || !be.wasm?.tfjs?.registerTensor) return null;
   wasmBmm ??= be.wasm.cwrap("BatchMatMul", null, [
     "number",
     "array",
@@ -82,7 +83,9 @@ function wasmBatched(a: tf.Tensor3D, b: tf.Tensor3D): tf.Tensor3D | null {
   ]);
   const [nb, m, k] = a.shape;
   const n = b.shape[2] as number;
-  const out = tf.buffer([nb, m, n], "float32").toTensor() as tf.Tensor3D; // [B, M, N]
+  // An uninitialised output on the heap (every element is written below).
+  const info = be.makeOutput([nb, m, n], "float32");
+  const out = tf.engine().makeTensorFromTensorInfo(info) as tf.Tensor3D; // [B, M, N]
   const offA = be.dataIdMap.get(a.dataId).memoryOffset;
   const offB = be.dataIdMap.get(b.dataId).memoryOffset;
   const offO = be.dataIdMap.get(out.dataId).memoryOffset;
