@@ -1,0 +1,142 @@
+// `deno task sample` end to end, as a subprocess: the grid PNG has the right size and tile count,
+// the same seed gives byte-identical files, another seed differs; errors exit 1 with a fix.
+// Uses the golden random DiT weights and the real TAESD decoder from ../shared.
+import sharp from "sharp";
+import { assert, assertEquals } from "./_assert.ts";
+import { sharedPath } from "./_shared.ts";
+
+const GOLDEN = sharedPath("spec/golden/weights.safetensors");
+const TAESD = sharedPath("weights/taesd");
+const ROOT = new URL("..", import.meta.url).pathname;
+const ok = GOLDEN !== null && TAESD !== null;
+
+async function tempRepo(): Promise<string> {
+  const dir = await Deno.makeTempDir({ prefix: "anthos-sample-" });
+  await Deno.mkdir(`${dir}/weights`);
+  await Deno.copyFile(GOLDEN!, `${dir}/weights/model.safetensors`);
+  await Deno.copyFile(`${ROOT}/weights/classes.txt`, `${dir}/weights/classes.txt`);
+  await Deno.writeTextFile(
+    `${dir}/weights/config.json`,
+    JSON.stringify({ format: "anthos", vae: { name: "taesd", scalingFactor: 1 } }),
+  );
+  return dir;
+}
+
+async function sampleTask(args: string[]): Promise<{ code: number; stderr: string }> {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["task", "-q", "sample", ...args],
+    cwd: ROOT,
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const dec = new TextDecoder();
+  return { code: out.code, stderr: dec.decode(out.stderr) + dec.decode(out.stdout) };
+}
+
+Deno.test({
+  name: "sample CLI: grid PNG of the right size and tiles; same seed -> same bytes",
+  ignore: !ok,
+  fn: async () => {
+    const repo = await tempRepo();
+    const common = ["--steps", "2", "--cols", "2", "--repo-dir", repo, "--vae-dir", TAESD!];
+    const run = async (seed: number, out: string) => {
+      const r = await sampleTask([
+        " Rose,sunflower , 41",
+        "--seed",
+        String(seed),
+        "--out",
+        out,
+        ...common,
+      ]);
+      assertEquals(r.code, 0, r.stderr);
+      assert(r.stderr.includes(`wrote ${out}: 3 image(s) of 3 class(es)`), r.stderr);
+      return await Deno.readFile(out);
+    };
+    const a = await run(42, `${repo}/a.png`);
+    const b = await run(42, `${repo}/b.png`);
+    const c = await run(43, `${repo}/c.png`);
+    assertEquals(a, b, "same seed, different PNG bytes");
+    assert(a.length !== c.length || a.some((v, i) => v !== c[i]), "seed 43 gave seed 42's PNG");
+
+    // 3 tiles in 2 columns: 2 rows of (256 px tile + 21 px caption), 4 px gaps and border.
+    const { data, info } = await sharp(a).removeAlpha().raw().toBuffer({ resolveWithObject: true });
+    assertEquals([info.width, info.height, info.channels], [4 + 2 * 260, 4 + 2 * 281, 3]);
+    const cell = (col: number, row: number) => {
+      // Fraction of pure-white pixels in a tile's area.
+      let white = 0;
+      const x0 = 4 + col * 260;
+      const y0 = 4 + row * 281;
+      for (let y = y0; y < y0 + 256; y++) {
+        for (let x = x0; x < x0 + 256; x++) {
+          const p = (y * info.width + x) * 3;
+          if (data[p] === 255 && data[p + 1] === 255 && data[p + 2] === 255) white++;
+        }
+      }
+      return white / (256 * 256);
+    };
+    for (const [col, row] of [[0, 0], [1, 0], [0, 1]]) {
+      assert(cell(col, row) < 0.5, `tile (${col}, ${row}) is empty`);
+    }
+    assertEquals(cell(1, 1), 1, "a 4th tile was drawn");
+    // Captions: some dark pixels in each filled tile's caption strip, none in the empty one.
+    const dark = (col: number, row: number) => {
+      let n = 0;
+      const y0 = 4 + row * 281 + 256;
+      for (let y = y0; y < y0 + 21; y++) {
+        for (let x = 4 + col * 260; x < 4 + col * 260 + 256; x++) {
+          if (data[(y * info.width + x) * 3] < 128) n++;
+        }
+      }
+      return n;
+    };
+    assert(dark(0, 0) > 20 && dark(1, 0) > 20 && dark(0, 1) > 20, "missing captions");
+    assertEquals(dark(1, 1), 0);
+    await Deno.remove(repo, { recursive: true });
+  },
+});
+
+Deno.test({
+  name: "sample CLI: --help, unknown class, missing weights, bad flags",
+  ignore: !ok,
+  fn: async () => {
+    const help = await sampleTask(["--help"]);
+    assertEquals(help.code, 0);
+    for (
+      const flag of [
+        "--n-per-class",
+        "--seed",
+        "--out",
+        "--steps",
+        "--cfg-scale",
+        "--sampler",
+        "--backend",
+        "--vae",
+        "--vae-dir",
+        "--repo-dir",
+        "--cols",
+        "--batch-size",
+        "Examples:",
+      ]
+    ) {
+      assert(help.stderr.includes(flag), `--help lacks ${flag}`);
+    }
+
+    const repo = await tempRepo();
+    const typo = await sampleTask(["sunflowr", "--repo-dir", repo, "--vae-dir", TAESD!]);
+    assertEquals(typo.code, 1);
+    assert(typo.stderr.includes('unknown class "sunflowr"'), typo.stderr);
+    assert(typo.stderr.includes('"sunflower" (53)'), typo.stderr);
+
+    const empty = await Deno.makeTempDir();
+    const missing = await sampleTask(["rose", "--repo-dir", empty]);
+    assertEquals(missing.code, 1);
+    assert(missing.stderr.includes(`${empty}/weights/model.safetensors`), missing.stderr);
+    assert(missing.stderr.includes("deno task train"), missing.stderr);
+
+    const sampler = await sampleTask(["rose", "--sampler", "rk4", "--repo-dir", repo]);
+    assertEquals(sampler.code, 1);
+    assert(sampler.stderr.includes("--sampler must be one of heun, euler"), sampler.stderr);
+    await Deno.remove(repo, { recursive: true });
+    await Deno.remove(empty, { recursive: true });
+  },
+});
