@@ -309,10 +309,22 @@ function modulate(x: tf.Tensor, shift: tf.Tensor, scale: tf.Tensor): tf.Tensor {
 function attention(x: tf.Tensor, p: BlockParams["attn"], heads: number): tf.Tensor {
   const [n, t, d] = x.shape;
   const hd = d / heads;
-  // Head split with 3D transposes only (5D transposes are very slow on wasm):
-  // [N*T, 3*H, hd] -> [3*H, N*T, hd] = [3, H*N, T, hd], slices ordered (head, sample).
-  const qkv = tf.transpose(tf.reshape(linear(x, p.qkv), [n * t, 3 * heads, hd]), [1, 0, 2]); // [3H, NT, hd]
-  const [q0, k0, v] = tf.split(qkv, 3, 0).map((a) => tf.reshape(a, [heads * n, t, hd])); // [HN, T, hd]
+  // q, k and v as three [D, D] products (the qkv weight's column blocks; on XNNPACK three narrow
+  // products beat one wide one), each split into heads with a 3D transpose (5D ones are slow on
+  // wasm): [N*T, H, hd] -> [H, N*T, hd] = [H*N, T, hd], slices ordered (head, sample).
+  const x2 = tf.reshape(x, [n * t, d]); // [NT, D]
+  const ws = tf.split(p.qkv.weight, 3, 1); // 3 x [D, D]
+  const bs = tf.split(p.qkv.bias!, 3); // 3 x [D]
+  const [q0, k0, v] = [0, 1, 2].map((i) => {
+    const y = fusedKernels()
+      ? linearBias(x2 as tf.Tensor2D, ws[i] as tf.Tensor2D, bs[i] as tf.Tensor1D)
+      : tf.add(matmul(x2, ws[i]), bs[i]); // [NT, D]
+    return tf.reshape(tf.transpose(tf.reshape(y, [n * t, heads, hd]), [1, 0, 2]), [
+      heads * n,
+      t,
+      hd,
+    ]); // [HN, T, hd]
+  });
   const q = layerNorm(q0);
   const k = layerNorm(k0);
   let a: tf.Tensor; // [HN, T, hd]
