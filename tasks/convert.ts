@@ -1,0 +1,98 @@
+/**
+ * `deno task convert`: a training checkpoint's EMA weights -> a `weights/` folder
+ * (model.safetensors + config.json), the original's convert_checkpoint.
+ *
+ * @module
+ */
+
+import { type BackendName, loadBackend } from "../lib/backend.ts";
+import { parseArgs, runMain } from "../lib/cli.ts";
+import { dirname } from "../lib/atomic.ts";
+import { exportCheckpoint } from "../lib/export.ts";
+import { readSafetensors } from "../lib/safetensors.ts";
+
+const SPEC = {
+  name: "deno task convert",
+  description: "Exports the EMA weights of a training checkpoint as model.safetensors (reference " +
+    "key names) plus config.json (architecture, sampling defaults, latent space, provenance).",
+  options: {
+    checkpoint: {
+      type: "string",
+      placeholder: "FILE",
+      default: "runs/anthos/checkpoint.safetensors",
+      description: "checkpoint written by `deno task train`",
+    },
+    out: { type: "string", placeholder: "DIR", default: "weights", description: "output folder" },
+    latents: {
+      type: "string",
+      placeholder: "FILE",
+      description: "latent cache the run trained on (names the VAE) [default: from the run's " +
+        "run.json]",
+    },
+    vae: {
+      type: "string",
+      choices: ["taesd", "sd-vae-ft-ema"],
+      description: "latent space of the model [default: the cache's]",
+    },
+    raw: { type: "boolean", description: "export the raw weights instead of the EMA" },
+    "repo-dir": {
+      type: "string",
+      placeholder: "DIR",
+      default: ".",
+      description: "folder holding weights/classes.txt (copied beside the export)",
+    },
+    backend: {
+      type: "string",
+      choices: ["wasm", "cpu", "webgpu", "tensorflow"],
+      description: "tfjs backend [default: $ANTHOS_BACKEND or wasm]",
+    },
+  },
+  examples: [
+    "deno task convert --checkpoint runs/smoke/checkpoint.safetensors --out weights",
+  ],
+} as const;
+
+async function main(): Promise<number> {
+  const { values: o } = parseArgs(SPEC);
+  await loadBackend(o.backend as BackendName | undefined);
+  let latentMetadata: Record<string, string> | undefined;
+  if (o.latents) {
+    latentMetadata = (await readSafetensors(o.latents, { what: "latent cache" })).metadata;
+  } else {
+    try {
+      const run = JSON.parse(await Deno.readTextFile(`${dirname(o.checkpoint)}/run.json`));
+      latentMetadata = run.latentMetadata;
+    } catch {
+      latentMetadata = undefined;
+    }
+  }
+  const vae = o.vae ?? latentMetadata?.vae;
+  if (!vae) {
+    console.error(
+      `warning: the latent space of ${o.checkpoint} is unknown (no run.json beside it): ` +
+        `config.json says taesd. Pass --latents FILE or --vae NAME to be sure.`,
+    );
+  }
+  const classesFile = `${o.repoDir}/weights/classes.txt`;
+  const hasClasses = await Deno.stat(classesFile).then(() => true, () => false);
+  const res = await exportCheckpoint(o.checkpoint, o.out, {
+    latentMetadata,
+    ...(o.vae
+      ? {
+        vae: {
+          name: o.vae as "taesd" | "sd-vae-ft-ema",
+          scalingFactor: Number(latentMetadata?.scaling_factor ?? 0.18215),
+        },
+      }
+      : {}),
+    raw: o.raw,
+    classesFile: hasClasses ? classesFile : undefined,
+  });
+  console.error(
+    `exported step ${res.step} (${o.raw ? "raw" : "EMA"} weights, ${res.weightsConfig.vae.name} ` +
+      `latents) -> ${res.model}, ${res.config}${res.classes ? `, ${res.classes}` : ""}`,
+  );
+  return 0;
+}
+
+if (import.meta.main) runMain(main);
