@@ -197,16 +197,26 @@ function wasmThreads(options: LoadBackendOptions): number {
  * 3. tfjs caps threads at `os.cpus().length / 2` (it assumes hyperthreading), i.e. 1 on a 2-core
  *    box. We report `2 * threads` CPUs while the module starts, so `threads` is honoured.
  * All 8 pthread workers are spawned at start-up (PTHREAD_POOL_SIZE), so no worker is created after
- * `globalThis.Worker` is restored. If the threaded start fails we warn and fall back to 1 thread.
+ * `globalThis.Worker` is restored. A probe worker checks the needed features first; if it or the
+ * threaded start fails we warn and fall back to the single-threaded SIMD build.
  */
 async function startWasm(threads: number): Promise<BackendInfo> {
   const wasm = await import("@tensorflow/tfjs-backend-wasm");
   // The SIMD and non-SIMD binaries are read with fs from the package's dist/ folder on disk (the
   // Node path's default prefix is the bundle's own __dirname), so no setWasmPaths is needed.
   const simd = (await tf.env().getAsync("WASM_HAS_SIMD_SUPPORT")) as boolean;
-  let useThreads = threads > 1 && simd && typeof SharedArrayBuffer === "function";
+  let useThreads = threads > 1 && simd;
+  if (useThreads) {
+    // A worker that fails inside Emscripten's start-up kills the process (uncaught worker error),
+    // so first check, in a throw-away worker, everything the pthread workers rely on.
+    const problem = await probePthreads();
+    if (problem != null) {
+      console.warn(`wasm: threads unavailable (${problem}); using 1 thread.`);
+      useThreads = false;
+    }
+  }
   tf.env().set("WASM_HAS_MULTITHREAD_SUPPORT", useThreads);
-  wasm.setThreadsCount(threads);
+  wasm.setThreadsCount(useThreads ? threads : 1);
   let ok = false;
   if (useThreads) {
     const restore = await patchForPthreads(threads);
@@ -261,6 +271,53 @@ parentPort.on("message", (data) => {
   }).catch((e) => { console.error("tfjs wasm pthread worker:", e); throw e; });
 });
 `;
+
+/**
+ * Checks that a `node:worker_threads` eval worker can fetch a blob URL, receive a Blob, a
+ * WebAssembly.Module and a shared WebAssembly.Memory, and wake us with Atomics; null if so, else
+ * what failed.
+ */
+async function probePthreads(): Promise<string | null> {
+  if (typeof SharedArrayBuffer !== "function") return "no SharedArrayBuffer";
+  let url = "";
+  let worker: { terminate(): unknown } | null = null;
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  try {
+    const { Worker: NodeWorker } = await import("node:worker_threads");
+    url = URL.createObjectURL(new Blob(["ok"]));
+    const memory = new WebAssembly.Memory({ initial: 1, maximum: 1, shared: true });
+    const module = new WebAssembly.Module(new Uint8Array([0, 97, 115, 109, 1, 0, 0, 0]));
+    const src = `"use strict";
+      const { parentPort, workerData } = require("node:worker_threads");
+      parentPort.on("message", async (d) => {
+        try {
+          const a = await (await fetch(workerData.url)).text();
+          const b = await d.blob.text();
+          const flag = new Int32Array(d.memory.buffer);
+          const good = a === "ok" && b === "ok" && d.module instanceof WebAssembly.Module;
+          Atomics.store(flag, 0, good ? 1 : 2);
+          Atomics.notify(flag, 0);
+          parentPort.postMessage(good ? "ok" : "bad message contents");
+        } catch (e) { parentPort.postMessage(String(e)); }
+      });`;
+    const w = new NodeWorker(src, { eval: true, workerData: { url } });
+    worker = w;
+    const reply = await new Promise<string>((resolve) => {
+      timer = setTimeout(() => resolve("probe worker timed out"), 15_000);
+      w.once("message", (m: unknown) => resolve(String(m)));
+      w.once("error", (e: unknown) => resolve(String(e)));
+      w.postMessage({ blob: new Blob(["ok"]), module, memory });
+    });
+    const flag = new Int32Array(memory.buffer);
+    return reply === "ok" && Atomics.load(flag, 0) === 1 ? null : reply;
+  } catch (e) {
+    return String(e);
+  } finally {
+    clearTimeout(timer);
+    await worker?.terminate();
+    if (url) URL.revokeObjectURL(url);
+  }
+}
 
 /** Installs the start-up patches described at {@link startWasm}; returns their undo. */
 async function patchForPthreads(threads: number): Promise<() => void> {
@@ -366,6 +423,8 @@ async function startTensorflow(modules: readonly string[]): Promise<BackendInfo>
   const failures: string[] = [];
   for (const spec of modules) {
     try {
+      // Computed on purpose (see above). `deno publish` warns "unanalyzable-dynamic-import"
+      // here; that is expected and harmless: the specifier is a full npm:/file: URL.
       await import(spec);
     } catch (e) {
       failures.push(`${spec}: ${String((e as Error)?.message ?? e).split("\n")[0]}`);
