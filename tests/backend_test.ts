@@ -99,6 +99,17 @@ Deno.test("wasm uses SIMD and all requested threads, and computes a matmul like 
   assert.ok(relErr(got, matmulRef(a, b, 256, 96, 80)) < 1e-5);
 });
 
+Deno.test("wasm (threaded) matches cpu on matmul, conv2d and softmax", async () => {
+  await loadBackend("cpu");
+  const want = await smallOps();
+  await loadBackend("wasm");
+  const got = await smallOps();
+  for (let i = 0; i < want.length; i++) {
+    const e = relErr(got[i], want[i]);
+    assert.ok(e < 1e-5, `op ${i}: rel err ${e}`);
+  }
+});
+
 Deno.test("loading again is idempotent and switching backends keeps results right", async () => {
   const first = await loadBackend("wasm");
   const x = tf.tensor1d([1, 2, 3]); // made on wasm, read after switching
