@@ -183,7 +183,7 @@ export class AutoencoderKL implements Autoencoder {
 
   /**
    * A model with random weights (for benchmarks and shape tests): convs and linears
-   * N(0, 1/fan_in), biases zero, GroupNorm identity.
+   * U(-1/sqrt(fan_in), 1/sqrt(fan_in)) as PyTorch's default init, biases zero, GroupNorm identity.
    *
    * @example
    * ```ts
@@ -201,8 +201,10 @@ export class AutoencoderKL implements Autoencoder {
         data = new Float32Array(n);
         if (/norm.*\.weight$/.test(k)) data.fill(1);
       } else {
-        const std = 1 / Math.sqrt(shape.slice(1).reduce((a, b) => a * b, 1));
-        data = rng.normalArray(n).map((v) => v * std);
+        // PyTorch's default conv/linear init: U(-b, b), b = 1 / sqrt(fan_in) (and cheap to draw).
+        const b = 1 / Math.sqrt(shape.slice(1).reduce((x, y) => x * y, 1));
+        data = rng.uniformArray(n);
+        for (let i = 0; i < n; i++) data[i] = (2 * data[i] - 1) * b;
       }
       tensors.set(k, { dtype: "F32", shape, data });
     }

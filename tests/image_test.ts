@@ -1,7 +1,7 @@
 // Image I/O: decoding real and synthetic images (grayscale, CMYK, alpha, EXIF rotation, tiny,
 // truncated, not an image), center crop + resize against the reference crop, PNG output, grids.
 import * as tf from "@tensorflow/tfjs-core";
-import { Buffer } from "node:buffer";
+import type { Buffer } from "node:buffer";
 import sharp from "sharp";
 import {
   assert,
