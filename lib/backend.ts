@@ -235,7 +235,8 @@ async function startWasm(threads: number): Promise<BackendInfo> {
   if (!ok) ok = await tf.setBackend("wasm");
   if (!ok) throw new Error(`tf.setBackend("wasm") failed; see the tfjs error logged above.`);
   await tf.ready();
-  return { name: "wasm", threads: useThreads ? wasm.getThreadsCount() : 1, simd };
+  // XNNPACK's real pool size (tfjs may cap it); 1 for the single-threaded build.
+  return { name: "wasm", threads: Math.max(1, wasm.getThreadsCount()), simd };
 }
 
 /**
