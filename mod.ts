@@ -25,7 +25,21 @@
  * @module
  */
 
-export { type BackendInfo, type BackendName, BACKENDS, loadBackend } from "./lib/backend.ts";
+export {
+  availableBackends,
+  type BackendInfo,
+  type BackendName,
+  BACKENDS,
+  loadBackend,
+  type LoadBackendOptions,
+} from "./lib/backend.ts";
+export {
+  AnthosPipeline,
+  GeneratedImage,
+  type GenerateOptions,
+  type GenerateProgress,
+  type PipelineLoadOptions,
+} from "./lib/pipeline.ts";
 export {
   DEFAULT_CONFIG,
   DiT,
@@ -55,6 +69,8 @@ export {
   Trainer,
 } from "./lib/trainer.ts";
 export { type LatentDataset, loadLatents, saveLatents } from "./lib/latents.ts";
+export { encodeDataset, type EncodeResult } from "./lib/encode.ts";
+export { exportCheckpoint } from "./lib/export.ts";
 export {
   type Autoencoder,
   type AutoencoderKind,
