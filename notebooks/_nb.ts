@@ -1,0 +1,177 @@
+/**
+ * Small helpers shared by the notebooks: where things are, the CI size switch, and an SVG line
+ * chart (the notebooks' only plotting need, so no charting dependency).
+ *
+ * @module
+ */
+
+import { fileURLToPath } from "node:url";
+import { isQuick } from "../lib/cli.ts";
+
+/** Project root (the folder holding deno.json and weights/). */
+export const ROOT: string = fileURLToPath(new URL("..", import.meta.url)).replace(/\/$/, "");
+
+/** The shared reference material: $ANTHOS_SHARED, else ../shared beside the project. */
+export const SHARED: string = Deno.env.get("ANTHOS_SHARED") ??
+  fileURLToPath(new URL("../../shared", import.meta.url)).replace(/\/$/, "");
+
+/** Where the notebooks write (latent cache, training log, weights); git-ignored. */
+export const RUNS: string = Deno.env.get("ANTHOS_NB_RUNS") ?? `${ROOT}/runs/notebooks`;
+
+/** The latent cache notebook 01 writes and 02 trains on. */
+export const LATENTS: string = `${RUNS}/latents-taesd.safetensors`;
+
+/** The training log notebook 02 writes and 03 plots (same format as `deno task train`). */
+export const TRAIN_LOG: string = `${RUNS}/train/log.jsonl`;
+
+/** True with ANTHOS_QUICK=1: every notebook shrinks its work to a CI-sized run. */
+export const QUICK: boolean = isQuick();
+
+/** The real TAESD weights in the shared folder. */
+export const TAESD_DIR: string = `${SHARED}/weights/taesd`;
+
+/** One line of a chart. */
+export interface Series {
+  /** Legend text. */
+  name: string;
+  /** Points (x ascending). */
+  x: ArrayLike<number>;
+  /** Values. */
+  y: ArrayLike<number>;
+  /** CSS colour. */
+  color: string;
+  /** Line width in px; default 1.5. */
+  width?: number;
+}
+
+/**
+ * A line chart as SVG text (axes with ticks, optional log-scale y, legend).
+ *
+ * @example
+ * ```ts
+ * import { lineChart } from "./_nb.ts";
+ * const svg = lineChart([{ name: "loss", x: [1, 2, 3], y: [1, 0.5, 0.4], color: "#1f77b4" }]);
+ * ```
+ */
+export function lineChart(
+  series: Series[],
+  options: { title?: string; xLabel?: string; yLabel?: string; logY?: boolean } = {},
+): string {
+  const W = 640, H = 360, L = 64, R = 16, T = 32, B = 44;
+  const fy = options.logY ? Math.log10 : (v: number) => v;
+  const xs = series.flatMap((s) => Array.from(s.x));
+  const ys = series.flatMap((s) => Array.from(s.y)).filter((v) => Number.isFinite(fy(v)));
+  if (xs.length === 0 || ys.length === 0) throw new Error("lineChart: no finite points to draw");
+  const [x0, x1] = [Math.min(...xs), Math.max(...xs, Math.min(...xs) + 1)];
+  let [y0, y1] = [Math.min(...ys.map(fy)), Math.max(...ys.map(fy))];
+  if (y1 - y0 < 1e-9) [y0, y1] = [y0 - 0.5, y1 + 0.5];
+  const px = (v: number) => L + ((v - x0) / (x1 - x0)) * (W - L - R);
+  const py = (v: number) => T + (1 - (fy(v) - y0) / (y1 - y0)) * (H - T - B);
+  const fmt = (v: number) => Math.abs(v) >= 1000 ? v.toFixed(0) : Number(v.toPrecision(3)).toString();
+  const parts: string[] = [];
+  for (let i = 0; i <= 5; i++) {
+    const xv = x0 + ((x1 - x0) * i) / 5;
+    const yv = options.logY ? 10 ** (y0 + ((y1 - y0) * i) / 5) : y0 + ((y1 - y0) * i) / 5;
+    parts.push(
+      `<line x1="${px(xv)}" y1="${T}" x2="${px(xv)}" y2="${H - B}" stroke="#eee"/>`,
+      `<text x="${px(xv)}" y="${H - B + 16}" text-anchor="middle">${fmt(xv)}</text>`,
+      `<line x1="${L}" y1="${py(yv)}" x2="${W - R}" y2="${py(yv)}" stroke="#eee"/>`,
+      `<text x="${L - 6}" y="${py(yv) + 4}" text-anchor="end">${fmt(yv)}</text>`,
+    );
+  }
+  series.forEach((s, k) => {
+    const pts: string[] = [];
+    for (let i = 0; i < s.x.length; i++) {
+      if (Number.isFinite(fy(s.y[i]))) pts.push(`${px(s.x[i]).toFixed(1)},${py(s.y[i]).toFixed(1)}`);
+    }
+    parts.push(
+      `<polyline fill="none" stroke="${s.color}" stroke-width="${s.width ?? 1.5}" points="${pts.join(" ")}"/>`,
+      `<rect x="${W - R - 150}" y="${T + 6 + k * 18}" width="12" height="3" fill="${s.color}"/>`,
+      `<text x="${W - R - 132}" y="${T + 11 + k * 18}">${escape(s.name)}</text>`,
+    );
+  });
+  return `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" ` +
+    `font-family="DejaVu Sans, sans-serif" font-size="11">` +
+    `<rect width="${W}" height="${H}" fill="white"/>` +
+    `<text x="${W / 2}" y="18" text-anchor="middle" font-size="14">${escape(options.title ?? "")}</text>` +
+    parts.join("") +
+    `<rect x="${L}" y="${T}" width="${W - L - R}" height="${H - T - B}" fill="none" stroke="#888"/>` +
+    `<text x="${(L + W - R) / 2}" y="${H - 8}" text-anchor="middle">${escape(options.xLabel ?? "")}</text>` +
+    `<text transform="translate(14 ${(T + H - B) / 2}) rotate(-90)" text-anchor="middle">` +
+    `${escape(options.yLabel ?? "")}${options.logY ? " (log)" : ""}</text></svg>`;
+}
+
+/**
+ * Exponential moving average of a series (debiased, as TensorBoard's smoothing).
+ *
+ * @example
+ * ```ts
+ * import { smooth } from "./_nb.ts";
+ * smooth([1, 0, 1, 0], 0.5);
+ * ```
+ */
+export function smooth(values: ArrayLike<number>, alpha = 0.9): number[] {
+  const out: number[] = [];
+  let m = 0;
+  for (let i = 0; i < values.length; i++) {
+    m = alpha * m + (1 - alpha) * values[i];
+    out.push(m / (1 - alpha ** (i + 1)));
+  }
+  return out;
+}
+
+/** One line of a training log (`log.jsonl`, as `deno task train` writes it). */
+export interface LogLine {
+  step: number;
+  loss: number;
+  gradNorm?: number;
+  lr?: number;
+  time?: number;
+  stepSec?: number;
+}
+
+/**
+ * Reads a `log.jsonl` training log (blank or broken trailing lines are skipped).
+ *
+ * @example
+ * ```ts
+ * import { readLog, TRAIN_LOG } from "./_nb.ts";
+ * const lines = await readLog(TRAIN_LOG);
+ * ```
+ */
+export async function readLog(path: string): Promise<LogLine[]> {
+  const out: LogLine[] = [];
+  for (const line of (await Deno.readTextFile(path)).split("\n")) {
+    if (!line.trim()) continue;
+    try {
+      const v = JSON.parse(line);
+      if (typeof v.step === "number" && typeof v.loss === "number") out.push(v);
+    } catch {
+      // a line cut short by a killed run
+    }
+  }
+  return out;
+}
+
+function escape(s: string): string {
+  return s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
+}
+
+/**
+ * True when `path` exists.
+ *
+ * @example
+ * ```ts
+ * import { exists, LATENTS } from "./_nb.ts";
+ * await exists(LATENTS);
+ * ```
+ */
+export async function exists(path: string): Promise<boolean> {
+  try {
+    await Deno.stat(path);
+    return true;
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return false;
+    throw e;
+  }
+}
