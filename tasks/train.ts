@@ -54,7 +54,10 @@ const SPEC = {
       type: "integer",
       description: "sample grid every N steps and at the end, 0 = never [anthos 5000, smoke 100]",
     },
-    "sample-steps": { type: "integer", default: 50, description: "Heun steps of the sample grid" },
+    "sample-steps": {
+      type: "integer",
+      description: "Heun steps of the sample grid [anthos 50, smoke 20; 2 model calls each]",
+    },
     "sample-classes": {
       type: "string",
       placeholder: "LIST",
@@ -95,9 +98,10 @@ const SPEC = {
 } as const;
 
 /** Defaults that depend on the preset. */
-const EVERY: Record<string, { sample: number; ckpt: number }> = {
-  anthos: { sample: 5000, ckpt: 1000 },
-  smoke: { sample: 100, ckpt: 100 },
+const EVERY: Record<string, { sample: number; ckpt: number; sampleSteps: number }> = {
+  anthos: { sample: 5000, ckpt: 1000, sampleSteps: 50 },
+  // A grid costs 2 x steps forward passes of 2 x 8 latents: keep it short beside 100 steps.
+  smoke: { sample: 100, ckpt: 100, sampleSteps: 20 },
 };
 
 /** What a run folder remembers between invocations (run.json). */
@@ -193,7 +197,7 @@ async function main(): Promise<number> {
   const total = trainer.config.steps;
   const sampleEvery = o.sampleEvery ?? (quick ? total : every.sample);
   const ckptEvery = o.ckptEvery ?? every.ckpt;
-  const sampleSteps = given.has("sampleSteps") ? o.sampleSteps : quick ? 4 : o.sampleSteps;
+  const sampleSteps = o.sampleSteps ?? (quick ? 4 : every.sampleSteps);
   const names = await loadNames(`${o.repoDir}/weights/classes.txt`);
   const classes = names
     ? parseClassSelection(o.sampleClasses, names)
