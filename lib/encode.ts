@@ -45,8 +45,11 @@ export interface EncodeDatasetOptions {
   size?: number;
   /** Extra metadata for the cache (vae name, splits, source ...). */
   metadata?: Record<string, string>;
-  /** Called after every batch with images done (including skipped chunks) and the total. */
-  onProgress?: (done: number, total: number) => void;
+  /**
+   * Called after every batch with images done and the total; `reused` is true when the step came
+   * from chunks of an earlier run (no encoding time spent).
+   */
+  onProgress?: (done: number, total: number, reused: boolean) => void;
   /** Messages worth telling the user (resumed chunks, stale parts). */
   onLog?: (message: string) => void;
   /** Stops after the chunk in progress is saved (e.g. Ctrl-C); the run can be resumed later. */
@@ -128,7 +131,7 @@ export async function encodeDataset(
   let done = 0;
   let encoded = 0;
   let reusedChunks = 0;
-  const report = () => options.onProgress?.(done, n);
+  const report = (reused = false) => options.onProgress?.(done, n, reused);
 
   // Decoding JPEGs (sharp, on libuv threads) overlaps with encoding: the next batch is requested
   // before the current one runs through the autoencoder.
@@ -150,7 +153,7 @@ export async function encodeDataset(
     if (reused.has(c)) {
       reusedChunks++;
       done = end;
-      report();
+      report(true);
       continue;
     }
     if (options.signal?.aborted) {

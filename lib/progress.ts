@@ -54,7 +54,7 @@ export class ProgressBar {
   done: number;
   readonly #o: Required<Omit<ProgressOptions, "start" | "label">> & { label: string };
   readonly #t0: number;
-  readonly #start: number;
+  #start: number;
   #fields: ProgressFields = {};
   #lastDraw = -Infinity;
   #lastLen = 0;
@@ -86,6 +86,16 @@ export class ProgressBar {
   /** Adds `n` units of work (default 1) and optionally sets fields. */
   tick(n = 1, fields?: ProgressFields): void {
     this.update(this.done + n, fields);
+  }
+
+  /**
+   * Counts `n` units as done without timing them (work reused from an earlier run), so the rate
+   * and ETA reflect only the work actually done now.
+   */
+  skip(n: number): void {
+    this.done += n;
+    this.#start += n;
+    for (const w of this.#window) w[1] += n;
   }
 
   /** Sets the work done to `done` and optionally updates fields; redraws when due. */

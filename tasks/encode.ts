@@ -109,7 +109,7 @@ async function main(): Promise<number> {
     flip: !o.noFlip,
     signal: stop.signal,
     onLog: (m) => bar.log(m),
-    onProgress: (done) => bar.update(done),
+    onProgress: (done, _total, reused) => reused ? bar.skip(done - bar.done) : bar.update(done),
     metadata: {
       splits: splits.join(","),
       source: dataDir,

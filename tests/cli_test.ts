@@ -107,3 +107,15 @@ Deno.test("ProgressBar: terminal mode redraws one line and logs above it", () =>
   assertEquals(formatDuration(185), "3m05s");
   assertEquals(formatDuration(7500), "2h05m");
 });
+
+Deno.test("ProgressBar.skip: reused work does not inflate the rate", () => {
+  let now = 0;
+  const bar = new ProgressBar(100, { tty: false, now: () => now, write: () => {} });
+  bar.skip(50);
+  now = 10_000;
+  bar.update(60);
+  assertEquals(bar.done, 60);
+  assertEquals(bar.rate(), 1); // 10 units in 10 s
+  assertEquals(bar.eta(), 40);
+  assertEquals(bar.doneThisRun, 10);
+});
