@@ -43,7 +43,10 @@ const SPEC = {
       description: "latent cache to write [default: runs/latents-<vae>.safetensors]",
     },
     limit: { type: "integer", description: "encode only the first N photos" },
-    batch: { type: "integer", default: 8, description: "photos per autoencoder call" },
+    batch: {
+      type: "integer",
+      description: "photos per autoencoder call (each with its flip) [taesd 8, sd-vae-ft-ema 2]",
+    },
     chunk: { type: "integer", default: 64, description: "photos per resumable chunk" },
     dtype: { type: "string", choices: ["f16", "f32"], default: "f16", description: "storage type" },
     "no-flip": { type: "boolean", description: "skip the horizontally flipped copies" },
@@ -103,7 +106,8 @@ async function main(): Promise<number> {
   const t0 = performance.now();
   const res = await encodeDataset(items, vae, {
     out,
-    batch: o.batch,
+    // The SD VAE's 256x256x128 activations are 32 MB per image: small batches keep wasm in memory.
+    batch: o.batch ?? (vaeName === "sd-vae-ft-ema" ? 2 : 8),
     chunk: o.chunk,
     dtype: o.dtype === "f32" ? "F32" : "F16",
     flip: !o.noFlip,
