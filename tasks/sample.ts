@@ -6,7 +6,7 @@
 
 import type { AutoencoderKind } from "../lib/autoencoder.ts";
 import { type BackendName, defaultBackendName } from "../lib/backend.ts";
-import { parseArgs, runMain } from "../lib/cli.ts";
+import { CliError, parseArgs, runMain } from "../lib/cli.ts";
 import type { SamplerName } from "../lib/flow.ts";
 import { AnthosPipeline } from "../lib/pipeline.ts";
 import { formatDuration, ProgressBar } from "../lib/progress.ts";
@@ -87,6 +87,14 @@ async function main(): Promise<number> {
       `expected one class list, got ${positionals.length} arguments (${positionals.join(" ")}): ` +
         `separate classes with commas and quote the list, e.g. "rose,sweet pea"`,
     );
+  }
+  for (
+    const [flag, v] of [["n-per-class", o.nPerClass], ["steps", o.steps], [
+      "batch-size",
+      o.batchSize,
+    ], ["cols", o.cols]] as const
+  ) {
+    if (v !== undefined && v < 1) throw new CliError(`--${flag} must be at least 1, got ${v}`);
   }
   const classes = positionals[0] ?? "all";
   const t0 = performance.now();

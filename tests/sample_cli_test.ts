@@ -136,6 +136,9 @@ Deno.test({
     const sampler = await sampleTask(["rose", "--sampler", "rk4", "--repo-dir", repo]);
     assertEquals(sampler.code, 1);
     assert(sampler.stderr.includes("--sampler must be one of heun, euler"), sampler.stderr);
+    const zero = await sampleTask(["rose", "-n", "0", "--repo-dir", repo]);
+    assertEquals(zero.code, 1);
+    assert(zero.stderr.includes("--n-per-class must be at least 1, got 0"), zero.stderr);
     await Deno.remove(repo, { recursive: true });
     await Deno.remove(empty, { recursive: true });
   },
