@@ -327,7 +327,13 @@ async function patchForPthreads(threads: number): Promise<() => void> {
   class PthreadWorker extends NodeWorker {
     constructor(url: string | URL) {
       super(PTHREAD_SHIM, { eval: true, workerData: { url: String(url) } });
+      // XNNPACK's pool threads live for the whole process, parked between kernels. Emscripten
+      // ref()s a worker once its pthread starts, which would keep every script alive after its
+      // last line; the main thread always waits on them while they compute, so they never need
+      // to hold the process open themselves.
+      super.unref();
     }
+    override ref(): void {}
   }
   const workerDesc = Object.getOwnPropertyDescriptor(globalThis, "Worker");
   Object.defineProperty(globalThis, "Worker", {

@@ -3,10 +3,11 @@
 import assertNode from "node:assert/strict";
 
 export function assert(cond: unknown, msg?: string): asserts cond {
-  assertNode.ok(cond, msg);
+  assertNode.ok(cond, msg ?? "assertion failed");
 }
 export function assertEquals<T>(actual: T, expected: T, msg?: string): void {
-  assertNode.deepStrictEqual(actual, expected, msg);
+  if (msg === undefined) assertNode.deepStrictEqual(actual, expected);
+  else assertNode.deepStrictEqual(actual, expected, msg);
 }
 export function assertLess(a: number, b: number, msg?: string): void {
   assertNode.ok(a < b, msg ?? `expected ${a} < ${b}`);
