@@ -49,13 +49,16 @@ total_start=$SECONDS
 for nb in "${notebooks[@]}"; do
   start=$SECONDS
   echo "== $nb" >&2
+  status=0
   jupyter nbconvert --to notebook --execute \
     --ExecutePreprocessor.kernel_name=deno \
     --ExecutePreprocessor.timeout=600 \
-    --output-dir "$out" "$nb" 2>&1 | grep -v '"deno jupyter" is unstable' >&2 || {
-    echo "error: $nb failed (executed copy, if any, in $out)" >&2
+    --output-dir "$out" "$nb" >"$kdir/log" 2>&1 || status=$?
+  grep -v '"deno jupyter" is unstable' "$kdir/log" >&2 || true
+  if [ "$status" -ne 0 ]; then
+    echo "error: $nb failed (exit $status; see the cell error above)" >&2
     exit 1
-  }
+  fi
   [ -f "$out/$(basename "$nb")" ] || { echo "error: $nb was not executed" >&2; exit 1; }
   echo "   $nb: $((SECONDS - start)) s" >&2
 done
