@@ -235,6 +235,11 @@ async function startWasm(threads: number): Promise<BackendInfo> {
   if (!ok) ok = await tf.setBackend("wasm");
   if (!ok) throw new Error(`tf.setBackend("wasm") failed; see the tfjs error logged above.`);
   await tf.ready();
+  if (useThreads) {
+    // One small product makes XNNPACK start its pool threads now, then the pool is let go.
+    tf.tidy(() => tf.matMul(tf.ones([64, 64]), tf.ones([64, 64])).dataSync());
+    releasePthreads();
+  }
   // XNNPACK's real pool size (tfjs may cap it); 1 for the single-threaded build.
   return { name: "wasm", threads: Math.max(1, wasm.getThreadsCount()), simd };
 }
@@ -321,19 +326,34 @@ async function probePthreads(): Promise<string | null> {
 }
 
 /** Installs the start-up patches described at {@link startWasm}; returns their undo. */
+/** Workers of the threaded wasm build, and whether they have been let go (see below). */
+const pthreadPool: { unref(): void }[] = [];
+let pthreadsReleased = false;
+
+/**
+ * XNNPACK's pool threads live for the whole process, parked between kernels, and Emscripten
+ * ref()s each worker once its pthread starts: every script would then hang after its last line.
+ * After start-up (which does wait on the workers through the event loop) nothing waits on them
+ * that way again — the main thread blocks on them synchronously inside kernels — so they are
+ * unref'd for good.
+ */
+function releasePthreads(): void {
+  pthreadsReleased = true;
+  for (const w of pthreadPool) w.unref();
+}
+
 async function patchForPthreads(threads: number): Promise<() => void> {
   const { Worker: NodeWorker } = await import("node:worker_threads");
   const os = (await import("node:os")).default as { cpus: () => unknown[] };
   class PthreadWorker extends NodeWorker {
     constructor(url: string | URL) {
       super(PTHREAD_SHIM, { eval: true, workerData: { url: String(url) } });
-      // XNNPACK's pool threads live for the whole process, parked between kernels. Emscripten
-      // ref()s a worker once its pthread starts, which would keep every script alive after its
-      // last line; the main thread always waits on them while they compute, so they never need
-      // to hold the process open themselves.
-      super.unref();
+      pthreadPool.push(this);
     }
-    override ref(): void {}
+    // See releasePthreads: once the pool is up, its workers never hold the process open.
+    override ref(): void {
+      if (!pthreadsReleased) super.ref();
+    }
   }
   const workerDesc = Object.getOwnPropertyDescriptor(globalThis, "Worker");
   Object.defineProperty(globalThis, "Worker", {
