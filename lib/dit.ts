@@ -127,7 +127,7 @@ export interface DiTParams {
 }
 
 /** How a parameter is laid out in the PyTorch state dict relative to ours. */
-type Layout = "linear" | "conv" | "plain";
+export type Layout = "linear" | "conv" | "plain";
 
 /** One parameter with its reference key name, PyTorch shape and layout rule. */
 export interface NamedParam {
@@ -178,15 +178,20 @@ export function namedParams(params: DiTParams, config: DiTConfig): NamedParam[] 
 }
 
 /** Values for every parameter, in our layout, produced by `init(key, ourShape, torchShape)`. */
-type Initializer = (key: string, shape: number[], torchShape: number[]) => Float32Array;
+type Initializer = (key: string, shape: number[], torchShape: number[]) => Float32Array | tf.Tensor;
 
 /** Builds the parameter tree with values from `init` (used by create and load alike). */
 function buildParams(c: DiTConfig, init: Initializer): DiTParams {
   const D = c.hiddenSize;
   const H = Math.round(D * c.mlpRatio);
   const P = c.patchSize * c.patchSize * c.inChannels;
-  const v = (key: string, shape: number[], torchShape: number[], trainable = true) =>
-    tf.variable(tf.tensor(init(key, shape, torchShape), shape, "float32"), trainable);
+  const v = (key: string, shape: number[], torchShape: number[], trainable = true) => {
+    const value = init(key, shape, torchShape);
+    const t = value instanceof tf.Tensor ? value : tf.tensor(value, shape, "float32");
+    const variable = tf.variable(t, trainable);
+    t.dispose();
+    return variable;
+  };
   const lin = (key: string, i: number, o: number, bias = true): Linear => ({
     weight: v(`${key}.weight`, [i, o], [o, i]),
     bias: bias ? v(`${key}.bias`, [o], [o]) : undefined,
@@ -644,7 +649,8 @@ export class DiT {
   /** A deep copy with its own variables (used for the EMA). */
   clone(): DiT {
     const src = new Map(this.namedParams().map((p) => [p.key, p.variable]));
-    const params = buildParams(this.config, (key) => src.get(key)!.dataSync() as Float32Array);
+    // tf.clone keeps the copy on the device (no read-back, which webgpu only does async).
+    const params = buildParams(this.config, (key) => tf.clone(src.get(key)!));
     return new DiT(this.config, params);
   }
 
@@ -663,7 +669,7 @@ function layoutOf(key: string): Layout {
 }
 
 /** PyTorch layout -> ours. Linear [out, in] -> [in, out]; conv [out, C, kh, kw] -> [(kh, kw, C), out]. */
-function fromTorchLayout(
+export function fromTorchLayout(
   src: Float32Array,
   shape: number[],
   torchShape: number[],
@@ -690,7 +696,7 @@ function fromTorchLayout(
 }
 
 /** Ours -> PyTorch layout (inverse of {@link fromTorchLayout}). */
-function toTorchLayout(
+export function toTorchLayout(
   src: Float32Array,
   shape: number[],
   torchShape: number[],

@@ -33,7 +33,8 @@ const SPEC = {
     vae: {
       type: "string",
       choices: ["taesd", "sd-vae-ft-ema"],
-      default: "taesd",
+      // The published model lives in the SD VAE's latent space; TAESD is the fast CPU choice.
+      default: "sd-vae-ft-ema",
       description: "autoencoder",
     },
     "vae-dir": { type: "string", placeholder: "DIR", description: "local autoencoder files" },
@@ -58,7 +59,7 @@ const SPEC = {
   },
   examples: [
     "deno task encode",
-    "deno task encode --data ../shared/data/oxford102 --splits train --vae-dir ../shared/weights/taesd",
+    "deno task encode --data ../shared/data/oxford102 --splits train --vae taesd --vae-dir ../shared/weights/taesd",
     "deno task encode --vae sd-vae-ft-ema --out runs/latents-sd.safetensors",
   ],
   epilog: "Environment: ANTHOS_HOME (cache root), ANTHOS_BACKEND, ANTHOS_QUICK=1 (16 photos).",
