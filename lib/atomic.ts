@@ -54,3 +54,22 @@ export function dirname(path: string): string {
   const i = path.replace(/\/+$/, "").lastIndexOf("/");
   return i < 0 ? "." : i === 0 ? "/" : path.slice(0, i);
 }
+
+/**
+ * Whether a file or folder exists (other errors, e.g. permissions, are thrown).
+ *
+ * @example
+ * ```ts
+ * import { exists } from "./atomic.ts";
+ * if (!(await exists("weights/model.safetensors"))) console.log("no weights yet");
+ * ```
+ */
+export async function exists(path: string): Promise<boolean> {
+  try {
+    await Deno.stat(path);
+    return true;
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return false;
+    throw e;
+  }
+}

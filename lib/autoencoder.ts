@@ -12,6 +12,7 @@
  * @module
  */
 
+import { exists } from "./atomic.ts";
 import type * as tf from "@tensorflow/tfjs-core";
 import { AutoencoderKL } from "./autoencoder_kl.ts";
 import { anthosHome, downloadFile } from "./download.ts";
@@ -121,14 +122,4 @@ async function fetchSdVae(options: LoadAutoencoderOptions): Promise<string> {
     });
   }
   return dir;
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.stat(path);
-    return true;
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) return false;
-    throw e;
-  }
 }

@@ -230,8 +230,16 @@ export function parseClassSelection(
   return ids;
 }
 
-/** Levenshtein distance (insert, delete, substitute: cost 1 each). */
-function editDistance(a: string, b: string): number {
+/**
+ * Levenshtein distance (insert, delete, substitute: cost 1 each), for "did you mean" hints.
+ *
+ * @example
+ * ```ts
+ * import { editDistance } from "./classes.ts";
+ * editDistance("rose", "roses"); // 1
+ * ```
+ */
+export function editDistance(a: string, b: string): number {
   let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
   for (let i = 1; i <= a.length; i++) {
     const cur = [i];

@@ -10,6 +10,8 @@
  * @module
  */
 
+import { editDistance } from "./classes.ts";
+
 /** The kind of value a flag takes. */
 export type OptionType = "string" | "boolean" | "number" | "integer";
 
@@ -357,21 +359,9 @@ function table(rows: [string, string][]): string[] {
 function unknownFlag(spec: CommandSpec, flag: string): CliError {
   const name = flag.replace(/^-+/, "");
   const close = Object.keys(spec.options)
-    .map((k) => [k, distance(k, name)] as const)
+    .map((k) => [k, editDistance(k, name)] as const)
     .filter(([, d]) => d <= Math.max(2, Math.floor(name.length / 3)))
     .sort((a, b) => a[1] - b[1])[0];
   const hint = close ? ` Did you mean --${close[0]}?` : "";
   return new CliError(`unknown option ${flag}.${hint} Run ${spec.name} --help for the options.`);
-}
-
-function distance(a: string, b: string): number {
-  let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
-  for (let i = 1; i <= a.length; i++) {
-    const cur = [i];
-    for (let j = 1; j <= b.length; j++) {
-      cur[j] = Math.min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1));
-    }
-    prev = cur;
-  }
-  return prev[b.length];
 }

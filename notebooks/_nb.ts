@@ -157,21 +157,4 @@ function escape(s: string): string {
   return s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
 }
 
-/**
- * True when `path` exists.
- *
- * @example
- * ```ts
- * import { exists, LATENTS } from "./_nb.ts";
- * await exists(LATENTS);
- * ```
- */
-export async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.stat(path);
-    return true;
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) return false;
-    throw e;
-  }
-}
+export { exists } from "../lib/atomic.ts";

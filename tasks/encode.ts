@@ -4,6 +4,7 @@
  * @module
  */
 
+import { exists } from "../lib/atomic.ts";
 import { type AutoencoderKind, loadAutoencoder } from "../lib/autoencoder.ts";
 import { type BackendName, loadBackend } from "../lib/backend.ts";
 import { isQuick, parseArgs, runMain, splitList } from "../lib/cli.ts";
@@ -136,15 +137,6 @@ async function main(): Promise<number> {
       (res.reusedChunks ? `, ${res.reusedChunks} chunk(s) reused` : ""),
   );
   return 0;
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.stat(path);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 if (import.meta.main) runMain(main);

@@ -22,7 +22,7 @@ import { makeGrid } from "../lib/image.ts";
 import { type LatentDataset, loadLatents } from "../lib/latents.ts";
 import { formatDuration, ProgressBar } from "../lib/progress.ts";
 import { NonFiniteLossError, type StepInfo, TRAIN_PRESETS, Trainer } from "../lib/trainer.ts";
-import { writeFileAtomic } from "../lib/atomic.ts";
+import { exists, writeFileAtomic } from "../lib/atomic.ts";
 
 const SPEC = {
   name: "deno task train",
@@ -438,15 +438,6 @@ function flag(key: string): string {
 
 function round3(x: number): number {
   return Math.round(x * 1000) / 1000;
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.stat(path);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 if (import.meta.main) runMain(main);

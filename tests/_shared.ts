@@ -1,5 +1,6 @@
 // Test helpers: where ../shared lives, and a loud failure (never a silent skip) under CI.
 import { fileURLToPath } from "node:url";
+import { type BackendName, loadBackend } from "../lib/backend.ts";
 
 /** Root of the shared reference material: $ANTHOS_SHARED, else ../shared beside the project. */
 export const SHARED: string = Deno.env.get("ANTHOS_SHARED") ??
@@ -35,4 +36,19 @@ export function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
     den = Math.max(den, Math.abs(b[i]));
   }
   return num / Math.max(den, 1e-30);
+}
+
+/**
+ * Loads a backend for a parity run. webgpu may lack an adapter outside CI: then this prints a
+ * SKIP line and returns false; under CI the error is thrown, so CI never skips silently.
+ */
+export async function useBackend(name: BackendName): Promise<boolean> {
+  try {
+    await loadBackend(name);
+    return true;
+  } catch (e) {
+    if (IN_CI) throw e;
+    console.warn(`SKIP ${name}: ${(e as Error).message}`);
+    return false;
+  }
 }

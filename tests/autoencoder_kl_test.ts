@@ -19,9 +19,9 @@ import {
   parseKLConfig,
   SD_VAE_FT_EMA_CONFIG,
 } from "../lib/autoencoder_kl.ts";
-import { type BackendName, loadBackend } from "../lib/backend.ts";
+import { loadBackend } from "../lib/backend.ts";
 import { type RawTensor, readSafetensors } from "../lib/safetensors.ts";
-import { IN_CI, relErr, sharedPath } from "./_shared.ts";
+import { relErr, sharedPath, useBackend } from "./_shared.ts";
 
 const dir = sharedPath("spec/golden_vae/kl");
 const t4 = (r: RawTensor) =>
@@ -31,18 +31,6 @@ const bad = (shape: number[]) => tf.zeros<tf.Rank>(shape) as tf.Tensor4D;
 
 async function golden(): Promise<Map<string, RawTensor>> {
   return (await readSafetensors(`${dir}/case.safetensors`)).tensors;
-}
-
-/** Loads a backend for a parity run; webgpu may be absent outside CI (then: a loud skip). */
-async function useBackend(name: BackendName): Promise<boolean> {
-  try {
-    await loadBackend(name);
-    return true;
-  } catch (e) {
-    if (IN_CI) throw e;
-    console.warn(`SKIP ${name}: ${(e as Error).message}`);
-    return false;
-  }
 }
 
 for (const backend of ["wasm", "cpu", "webgpu"] as const) {

@@ -2,11 +2,11 @@
 // backend CI has: the forward pass, the loss, every gradient, Euler and Heun samples.
 import * as tf from "@tensorflow/tfjs-core";
 import { assert, assertEquals, assertLess, assertRejects, assertThrows } from "./_assert.ts";
-import { type BackendName, loadBackend } from "../lib/backend.ts";
+import { loadBackend } from "../lib/backend.ts";
 import { DiT, type NamedParam, toTorchLayout } from "../lib/dit.ts";
 import { sample } from "../lib/flow.ts";
 import { parseSafetensors, type RawTensor, readSafetensors } from "../lib/safetensors.ts";
-import { IN_CI, relErr, sharedPath } from "./_shared.ts";
+import { relErr, sharedPath, useBackend } from "./_shared.ts";
 
 const weightsPath = sharedPath("spec/golden/weights.safetensors");
 const casePath = sharedPath("spec/golden/case.safetensors");
@@ -22,18 +22,6 @@ async function torchGrad(np: NamedParam, g: tf.Tensor): Promise<Float32Array> {
   // data(), not dataSync(): webgpu only reads back asynchronously.
   const data = await g.data() as Float32Array;
   return toTorchLayout(data, np.variable.shape, np.torchShape, np.layout);
-}
-
-/** Loads a backend for a parity run; webgpu may be absent outside CI (then: a loud skip). */
-async function useBackend(name: BackendName): Promise<boolean> {
-  try {
-    await loadBackend(name);
-    return true;
-  } catch (e) {
-    if (IN_CI) throw e;
-    console.warn(`SKIP ${name}: ${(e as Error).message}`);
-    return false;
-  }
 }
 
 Deno.test("DiT-Nano/2 has 983,808 parameters, 959,232 trainable", async () => {
