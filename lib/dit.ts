@@ -20,6 +20,7 @@ import { matmul } from "./matmul.ts";
 import {
   attentionCore,
   fusedKernels,
+  gatedResidual,
   layerNormFused,
   linearBias,
   modulateFused,
@@ -360,11 +361,17 @@ function silu(x: tf.Tensor): tf.Tensor {
 function ditBlock(x: tf.Tensor, c: tf.Tensor, p: BlockParams, heads: number): tf.Tensor {
   const mod = linear(silu(c), p.adaLNModulation); // [N, 6D]
   const [shiftMsa, scaleMsa, gateMsa, shiftMlp, scaleMlp, gateMlp] = tf.split(mod, 6, 1); // 6 x [N, D]
-  const [n, d] = gateMsa.shape;
   const h = attention(modulate(layerNorm(x), shiftMsa, scaleMsa), p.attn, heads); // [N, T, D]
-  x = tf.add(x, tf.mul(tf.reshape(gateMsa, [n, 1, d]), h));
+  x = residual(x, gateMsa, h);
   const m = swiglu(modulate(layerNorm(x), shiftMlp, scaleMlp), p.mlp); // [N, T, D]
-  return tf.add(x, tf.mul(tf.reshape(gateMlp, [n, 1, d]), m));
+  return residual(x, gateMlp, m);
+}
+
+/** x + gate * h, with a per-sample gate `[N, D]` broadcast over tokens. */
+function residual(x: tf.Tensor, gate: tf.Tensor, h: tf.Tensor): tf.Tensor {
+  if (fusedKernels()) return gatedResidual(x as tf.Tensor3D, gate as tf.Tensor2D, h as tf.Tensor3D);
+  const [n, d] = gate.shape;
+  return tf.add(x, tf.mul(tf.reshape(gate, [n, 1, d]), h));
 }
 
 /** Final layer: affine LayerNorm, modulation, projection to p*p*C values per token. */

@@ -33,19 +33,65 @@ interface Fused {
   gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => tf.Tensor[];
 }
 
-/** tf.customGrad with a positional signature `(inputs..., save)` (tfjs types it as a rest list). */
+/** The engine method that tf.customGrad's `save` copies each saved tensor with. */
+interface CloningEngine {
+  clone(x: tf.Tensor): tf.Tensor;
+}
+
+/**
+ * Saves tensors for the backward pass as views, not copies. tf.customGrad's `save` clones each
+ * tensor (an Identity kernel: a full copy on wasm) so the engine may dispose the saved ones after
+ * backprop without freeing the caller's tensors; a Reshape to the same shape gives the same
+ * guarantee for free, since the wasm backend reference-counts the shared data.
+ */
+function saveViews(save: tf.GradSaveFunc, tensors: tf.Tensor[]): void {
+  const engine = tf.engine() as unknown as CloningEngine;
+  engine.clone = (x: tf.Tensor) => tf.reshape(x, x.shape); // a view sharing x's data
+  try {
+    save(tensors);
+  } finally {
+    delete (engine as Partial<CloningEngine>).clone; // back to the prototype's copying clone
+  }
+}
+
+/**
+ * tf.customGrad with a positional signature `(inputs..., save)` (tfjs types it as a rest list);
+ * `save` keeps views (see {@link saveViews}).
+ */
 function fused(
   // deno-lint-ignore no-explicit-any
   body: (...args: any[]) => Fused,
 ): (...inputs: tf.Tensor[]) => tf.Tensor {
   // deno-lint-ignore no-explicit-any
-  return tf.customGrad(body as any) as unknown as (...inputs: tf.Tensor[]) => tf.Tensor;
+  const viewing = (...args: any[]) => {
+    const save = args[args.length - 1] as tf.GradSaveFunc;
+    args[args.length - 1] = (tensors: tf.Tensor[]) => saveViews(save, tensors);
+    return body(...args);
+  };
+  // deno-lint-ignore no-explicit-any
+  return tf.customGrad(viewing as any) as unknown as (...inputs: tf.Tensor[]) => tf.Tensor;
 }
 
 /** Sum over all leading axes as one product `ones[1, M] @ x[M, C]` -> `[C]` (fast on XNNPACK). */
 function sumRows(x: tf.Tensor2D): tf.Tensor1D {
   const [m, c] = x.shape;
   return tf.reshape(tf.matMul(tf.ones([1, m]), x), [c]); // [C]
+}
+
+/** Transposes made during the current backward pass, by the data they transpose. */
+const transposes = new WeakMap<object, tf.Tensor>();
+
+/**
+ * `transposeLast(x)`, made once per backward pass for inputs shared by several linears (q, k
+ * and v read the same activations, as do w1 and w2): saved views of one input share its data,
+ * so the cache is keyed by `dataId`. Cached transposes die with the backward pass's scope.
+ */
+function sharedTranspose(x: tf.Tensor): tf.Tensor {
+  const hit = transposes.get(x.dataId);
+  if (hit && !hit.isDisposed && hit.size === x.size) return hit;
+  const xt = transposeLast(x);
+  transposes.set(x.dataId, xt);
+  return xt;
 }
 
 const linearOp = fused(
@@ -55,7 +101,7 @@ const linearOp = fused(
       value: tf.add(tf.matMul(x as tf.Tensor2D, w as tf.Tensor2D), b), // [M, out]
       gradFunc: (dy: tf.Tensor, [sx, sw]: tf.Tensor[]) => [
         tf.matMul(dy as tf.Tensor2D, transposeLast(sw) as tf.Tensor2D), // dx = dy @ W^T  [M, in]
-        tf.matMul(transposeLast(sx) as tf.Tensor2D, dy as tf.Tensor2D), // dW = x^T @ dy  [in, out]
+        tf.matMul(sharedTranspose(sx) as tf.Tensor2D, dy as tf.Tensor2D), // dW = x^T @ dy  [in, out]
         sumRows(dy as tf.Tensor2D), // db = sum over rows  [out]
       ],
     };
@@ -199,4 +245,34 @@ const swigluGateOp = fused((a: tf.Tensor, b: tf.Tensor, save: tf.GradSaveFunc) =
  */
 export function swigluGate(a: tf.Tensor, b: tf.Tensor): tf.Tensor {
   return swigluGateOp(a, b);
+}
+
+const gatedResidualOp = fused(
+  (x: tf.Tensor, gate: tf.Tensor, h: tf.Tensor, save: tf.GradSaveFunc) => {
+    const [n, d] = gate.shape;
+    const gate3 = tf.reshape(gate, [n, 1, d]); // [N, 1, D]
+    save([gate3, h]);
+    return {
+      value: tf.add(x, tf.mul(gate3, h)), // [N, T, D]
+      gradFunc: (dy: tf.Tensor, [sg, sh]: tf.Tensor[]) => [
+        tf.reshape(dy, dy.shape), // dx = dy (as a view)
+        tf.sum(tf.mul(dy, sh), 1), // dgate = sum over tokens of dy * h  [N, D]
+        tf.mul(dy, sg), // dh = dy * gate  [N, T, D]
+      ],
+    };
+  },
+);
+
+/**
+ * The gated residual `x + gate * h` with `x`, `h` `[N, T, D]` and a per-sample `gate` `[N, D]`.
+ *
+ * @example
+ * ```ts
+ * import * as tf from "@tensorflow/tfjs-core";
+ * import { gatedResidual } from "./kernels.ts";
+ * gatedResidual(tf.ones([1, 2, 3]), tf.ones([1, 3]), tf.ones([1, 2, 3])); // every value 2
+ * ```
+ */
+export function gatedResidual(x: tf.Tensor3D, gate: tf.Tensor2D, h: tf.Tensor3D): tf.Tensor3D {
+  return gatedResidualOp(x, gate, h) as tf.Tensor3D;
 }
