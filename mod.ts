@@ -38,14 +38,20 @@ export {
   GeneratedImage,
   type GenerateOptions,
   type GenerateProgress,
+  type PipelineGridOptions,
   type PipelineLoadOptions,
 } from "./lib/pipeline.ts";
 export {
+  type BlockParams,
+  type ClassIds,
   DEFAULT_CONFIG,
   DiT,
   type DiTConfig,
   ditForward,
   type DiTParams,
+  type Layout,
+  type Linear,
+  type NamedParam,
   nullClassId,
   PRESETS,
 } from "./lib/dit.ts";
@@ -69,17 +75,39 @@ export {
   Trainer,
 } from "./lib/trainer.ts";
 export { type LatentDataset, loadLatents, saveLatents } from "./lib/latents.ts";
-export { encodeDataset, type EncodeResult } from "./lib/encode.ts";
-export { exportCheckpoint } from "./lib/export.ts";
+export {
+  encodeDataset,
+  type EncodeDatasetOptions,
+  type EncodeItem,
+  type EncodeResult,
+} from "./lib/encode.ts";
+export { exportCheckpoint, type ExportOptions, type ExportResult } from "./lib/export.ts";
 export {
   type Autoencoder,
   type AutoencoderKind,
+  type EncodeOptions,
   loadAutoencoder,
   type LoadAutoencoderOptions,
 } from "./lib/autoencoder.ts";
-export { flipHorizontal, makeGrid, readImage, toPng, writePng } from "./lib/image.ts";
+export {
+  flipHorizontal,
+  type GridOptions,
+  makeGrid,
+  type RawImage,
+  readImage,
+  type ReadImageOptions,
+  toPng,
+  writePng,
+} from "./lib/image.ts";
 export { ClassNames, parseClassSelection } from "./lib/classes.ts";
-export { loadOxford, type OxfordDataset } from "./lib/oxford.ts";
-export { readSafetensors, writeSafetensors } from "./lib/safetensors.ts";
-export { Rng } from "./lib/rng.ts";
+export { loadOxford, type OxfordDataset, type OxfordItem, type OxfordSplit } from "./lib/oxford.ts";
+export {
+  type DType,
+  type RawTensor,
+  readSafetensors,
+  type SafetensorsFile,
+  type TensorToWrite,
+  writeSafetensors,
+} from "./lib/safetensors.ts";
+export { Rng, type RngState } from "./lib/rng.ts";
 export { readWeightsConfig, type WeightsConfig } from "./lib/weights_config.ts";

@@ -101,14 +101,19 @@ function resolveConfig(config: Partial<DiTConfig> = {}): DiTConfig {
 
 /** A linear layer; `weight` is `[in, out]` (PyTorch stores `[out, in]`). */
 export interface Linear {
+  /** `[in, out]`. */
   weight: tf.Variable;
+  /** `[out]`, absent for bias-free layers. */
   bias?: tf.Variable;
 }
 
 /** One DiT block's parameters. */
 export interface BlockParams {
+  /** Self-attention: qkv `[D, 3D]` and output projection `[D, D]`. */
   attn: { qkv: Linear; proj: Linear };
+  /** SwiGLU: w3(silu(w1 x) * w2 x). */
   mlp: { w1: Linear; w2: Linear; w3: Linear };
+  /** SiLU(c) -> shift/scale/gate for attention and MLP, `[D, 6D]`. */
   adaLNModulation: Linear;
 }
 
@@ -116,10 +121,15 @@ export interface BlockParams {
 export interface DiTParams {
   /** Patch embedding as a matrix `[p*p*C, D]`, rows ordered (patch row, patch col, channel). */
   xEmbedder: { proj: Linear };
+  /** Timestep MLP: Linear(256, D) -> SiLU -> Linear(D, D) (`t_embedder.mlp.0` / `.2`). */
   tEmbedder: { mlp0: Linear; mlp2: Linear };
+  /** Class table `[numClasses + 1, D]`; the last row is the null class. */
   yEmbedder: { embeddingTable: tf.Variable };
+  /** Frozen 2D sin-cos position table `[1, T, D]`. */
   posEmbed: tf.Variable;
+  /** The DiT blocks. */
   blocks: BlockParams[];
+  /** Affine LayerNorm, adaLN modulation and the projection to patches. */
   finalLayer: {
     normFinal: { weight: tf.Variable; bias: tf.Variable };
     adaLNModulation: Linear;
@@ -132,9 +142,13 @@ export type Layout = "linear" | "conv" | "plain";
 
 /** One parameter with its reference key name, PyTorch shape and layout rule. */
 export interface NamedParam {
+  /** State-dict key of `dit_ref.py`, e.g. `blocks.0.attn.qkv.weight`. */
   key: string;
+  /** The variable, in our layout. */
   variable: tf.Variable;
+  /** Shape in the PyTorch state dict. */
   torchShape: number[];
+  /** How our layout maps to PyTorch's. */
   layout: Layout;
 }
 

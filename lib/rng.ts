@@ -11,7 +11,9 @@
 
 /** Serializable state of an {@link Rng}: four 32-bit words plus a cached normal. */
 export interface RngState {
+  /** The xoshiro128** state words. */
   s: [number, number, number, number];
+  /** The cached second Box-Muller value, if any. */
   spare: number | null;
 }
 

@@ -242,8 +242,11 @@ export function f32ToF16(x: number): number {
 
 /** A tensor to write: `data` is converted to `dtype` (F32, F16, BF16, I32 or U8). */
 export interface TensorToWrite {
+  /** Element type in the file. */
   dtype: "F32" | "F16" | "BF16" | "I32" | "I64" | "U8";
+  /** Shape as stored (PyTorch order for weights). */
   shape: number[];
+  /** Values, row-major. */
   data: ArrayLike<number>;
 }
 

@@ -114,6 +114,7 @@ export function learningRate(
 
 /** A non-finite loss: training stops and the last checkpoint stays as it was. */
 export class NonFiniteLossError extends Error {
+  /** The error's name. */
   override name = "NonFiniteLossError";
 }
 
