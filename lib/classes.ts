@@ -21,7 +21,17 @@ export function normalizeClassName(name: string): string {
   return name.toLowerCase().replace(/['\u2019`]/g, "").replace(/[-_\s]+/g, " ").trim();
 }
 
-/** The class vocabulary: id <-> name. */
+/**
+ * The class vocabulary: id <-> name.
+ *
+ * @example
+ * ```ts
+ * import { ClassNames } from "./classes.ts";
+ * const names = await ClassNames.load("weights/classes.txt");
+ * names.id("Sweet-Pea"); // 3
+ * names.name(73); // "rose"
+ * ```
+ */
 export class ClassNames {
   /** Names by id, as written in the file. */
   readonly names: readonly string[];

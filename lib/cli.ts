@@ -77,7 +77,15 @@ export interface ParsedCommand<O extends Readonly<Record<string, OptionSpec>>> {
   given: Set<string>;
 }
 
-/** Bad command-line input: the message names the flag and how to fix it. */
+/**
+ * Bad command-line input: the message names the flag and how to fix it.
+ *
+ * @example
+ * ```ts
+ * import { CliError } from "./cli.ts";
+ * throw new CliError("--steps must be a positive integer, got -1");
+ * ```
+ */
 export class CliError extends Error {
   override name = "CliError";
 }

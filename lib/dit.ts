@@ -79,7 +79,15 @@ export const PRESETS: Readonly<Record<string, DiTConfig>> = Object.freeze({
 /** The published Anthos architecture (DiT-Nano/2). */
 export const DEFAULT_CONFIG: Readonly<DiTConfig> = PRESETS["DiT-Nano/2"];
 
-/** Id of the null (unconditional) class used for classifier-free guidance. */
+/**
+ * Id of the null (unconditional) class used for classifier-free guidance.
+ *
+ * @example
+ * ```ts
+ * import { nullClassId } from "./dit.ts";
+ * nullClassId(); // 102
+ * ```
+ */
 export function nullClassId(config: DiTConfig = DEFAULT_CONFIG): number {
   return config.numClasses;
 }
@@ -152,7 +160,16 @@ export interface NamedParam {
   layout: Layout;
 }
 
-/** Every parameter with its reference (`dit_ref.py`) state-dict key, in state-dict order. */
+/**
+ * Every parameter with its reference (`dit_ref.py`) state-dict key, in state-dict order.
+ *
+ * @example
+ * ```ts
+ * import { DiT, namedParams } from "./dit.ts";
+ * const model = DiT.create();
+ * namedParams(model.params, model.config)[0].key; // "pos_embed"
+ * ```
+ */
 export function namedParams(params: DiTParams, config: DiTConfig): NamedParam[] {
   const c = config;
   const p = c.patchSize;
@@ -257,6 +274,12 @@ function buildParams(c: DiTConfig, init: Initializer): DiTParams {
  * i = r / grid (row), j = r % grid (column); the first dim/2 channels encode j, the last i;
  * each half is [sin(pos*omega) | cos(pos*omega)], omega_k = 1 / 10000^(k / (dim/4)).
  * Computed in float64 and rounded once, as the reference does.
+ *
+ * @example
+ * ```ts
+ * import { sincos2d } from "./dit.ts";
+ * const table = sincos2d(96, 16); // Float32Array of 256 x 96
+ * ```
  */
 export function sincos2d(dim: number, grid: number): Float32Array {
   const out = new Float32Array(grid * grid * dim);
@@ -286,7 +309,16 @@ function timestepFreqs(dim: number): Float32Array {
   return f;
 }
 
-/** Sinusoidal embedding of t (already scaled by 1000): `[N] -> [N, dim]` = [cos | sin]. */
+/**
+ * Sinusoidal embedding of t (already scaled by 1000): `[N] -> [N, dim]` = [cos | sin].
+ *
+ * @example
+ * ```ts
+ * import * as tf from "@tensorflow/tfjs-core";
+ * import { timestepEmbedding } from "./dit.ts";
+ * const e = timestepEmbedding(tf.tensor1d([0, 500, 1000])); // [3, 256]
+ * ```
+ */
 export function timestepEmbedding(t: tf.Tensor1D, dim = 256): tf.Tensor2D {
   return tf.tidy(() => {
     const args = tf.mul(tf.reshape(t, [-1, 1]), tf.tensor2d(timestepFreqs(dim), [1, dim / 2])); // [N, dim/2]
@@ -395,7 +427,16 @@ function finalLayer(x: tf.Tensor, c: tf.Tensor, p: DiTParams["finalLayer"]): tf.
   return linear(modulate(normed, shift, scale), p.linear); // [N, T, p*p*C]
 }
 
-/** `[N, H, W, C]` latents -> `[N, T, p*p*C]` patches in row-major token order. */
+/**
+ * `[N, H, W, C]` latents -> `[N, T, p*p*C]` patches in row-major token order.
+ *
+ * @example
+ * ```ts
+ * import * as tf from "@tensorflow/tfjs-core";
+ * import { patchify } from "./dit.ts";
+ * const tokens = patchify(tf.zeros([2, 32, 32, 4]), 2); // [2, 256, 16]
+ * ```
+ */
 export function patchify(x: tf.Tensor4D, p: number): tf.Tensor3D {
   const [n, h, w, ch] = x.shape;
   const g = h / p;
@@ -404,7 +445,16 @@ export function patchify(x: tf.Tensor4D, p: number): tf.Tensor3D {
   return tf.reshape(blocks, [n, g * gw, p * p * ch]); // [N, T, p*p*C]
 }
 
-/** `[N, T, p*p*C]` -> `[N, H, W, C]`; each token's values are ordered (patch row, patch col, C). */
+/**
+ * `[N, T, p*p*C]` -> `[N, H, W, C]`; each token's values are ordered (patch row, patch col, C).
+ *
+ * @example
+ * ```ts
+ * import * as tf from "@tensorflow/tfjs-core";
+ * import { unpatchify } from "./dit.ts";
+ * const x = unpatchify(tf.zeros([2, 256, 16]), 2, 4); // [2, 32, 32, 4]
+ * ```
+ */
 export function unpatchify(x: tf.Tensor, p: number, ch: number): tf.Tensor4D {
   const [n, t] = x.shape;
   const g = Math.round(Math.sqrt(t));
@@ -689,7 +739,16 @@ function layoutOf(key: string): Layout {
   return "plain";
 }
 
-/** PyTorch layout -> ours. Linear [out, in] -> [in, out]; conv [out, C, kh, kw] -> [(kh, kw, C), out]. */
+/**
+ * PyTorch layout -> ours. Linear [out, in] -> [in, out]; conv [out, C, kh, kw] -> [(kh, kw, C), out].
+ *
+ * @example
+ * ```ts
+ * import { fromTorchLayout } from "./dit.ts";
+ * // A PyTorch Linear weight [out=2, in=3] becomes our [in=3, out=2].
+ * fromTorchLayout(new Float32Array([1, 2, 3, 4, 5, 6]), [3, 2], [2, 3], "linear"); // [1, 4, 2, 5, 3, 6]
+ * ```
+ */
 export function fromTorchLayout(
   src: Float32Array,
   shape: number[],
@@ -716,7 +775,15 @@ export function fromTorchLayout(
   return out;
 }
 
-/** Ours -> PyTorch layout (inverse of {@link fromTorchLayout}). */
+/**
+ * Ours -> PyTorch layout (inverse of {@link fromTorchLayout}).
+ *
+ * @example
+ * ```ts
+ * import { toTorchLayout } from "./dit.ts";
+ * toTorchLayout(new Float32Array([1, 4, 2, 5, 3, 6]), [3, 2], [2, 3], "linear"); // [1, 2, 3, 4, 5, 6]
+ * ```
+ */
 export function toTorchLayout(
   src: Float32Array,
   shape: number[],

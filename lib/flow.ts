@@ -59,7 +59,18 @@ export function flowBatch(
   });
 }
 
-/** Frees a batch's tensors. */
+/**
+ * Frees a batch's tensors.
+ *
+ * @example
+ * ```ts
+ * import * as tf from "@tensorflow/tfjs-core";
+ * import { disposeBatch, flowBatch } from "./flow.ts";
+ * import { Rng } from "./rng.ts";
+ * const batch = flowBatch(tf.zeros([2, 32, 32, 4]), { y: [1, 2], rng: new Rng(0) });
+ * disposeBatch(batch);
+ * ```
+ */
 export function disposeBatch(b: FlowBatch): void {
   tf.dispose([b.xt, b.t, b.y, b.v]);
 }

@@ -43,7 +43,19 @@ export interface ReadImageOptions {
   kernel?: "cubic" | "lanczos3" | "mitchell" | "linear" | "nearest";
 }
 
-/** Thrown for input that cannot be read as an image. */
+/**
+ * Thrown for input that cannot be read as an image.
+ *
+ * @example
+ * ```ts
+ * import { ImageError, readImage } from "./image.ts";
+ * try {
+ *   await readImage("notes.txt");
+ * } catch (e) {
+ *   if (e instanceof ImageError) console.error(e.message);
+ * }
+ * ```
+ */
 export class ImageError extends Error {
   override name = "ImageError";
 }

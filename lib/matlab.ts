@@ -33,7 +33,19 @@ export interface ReadMatOptions {
   skipUnsupported?: boolean;
 }
 
-/** Thrown for malformed, truncated or unsupported MAT-file content. */
+/**
+ * Thrown for malformed, truncated or unsupported MAT-file content.
+ *
+ * @example
+ * ```ts
+ * import { loadMat, MatError } from "./matlab.ts";
+ * try {
+ *   await loadMat("broken.mat");
+ * } catch (e) {
+ *   if (e instanceof MatError) console.error(e.message);
+ * }
+ * ```
+ */
 export class MatError extends Error {
   override name = "MatError";
 }

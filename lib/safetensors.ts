@@ -46,7 +46,19 @@ const BYTES: Record<DType, number> = {
   BOOL: 1,
 };
 
-/** Thrown for malformed, truncated or inconsistent safetensors data. */
+/**
+ * Thrown for malformed, truncated or inconsistent safetensors data.
+ *
+ * @example
+ * ```ts
+ * import { parseSafetensors, SafetensorsError } from "./safetensors.ts";
+ * try {
+ *   parseSafetensors(new Uint8Array(3));
+ * } catch (e) {
+ *   if (e instanceof SafetensorsError) console.error(e.message); // "... only 3 bytes ..."
+ * }
+ * ```
+ */
 export class SafetensorsError extends Error {
   override name = "SafetensorsError";
 }
@@ -194,7 +206,15 @@ function decode(
   }
 }
 
-/** IEEE half -> float32. */
+/**
+ * IEEE half -> float32.
+ *
+ * @example
+ * ```ts
+ * import { f16ToF32 } from "./safetensors.ts";
+ * f16ToF32(0x3c00); // 1
+ * ```
+ */
 export function f16ToF32(h: number): number {
   const s = h & 0x8000 ? -1 : 1;
   const e = (h >> 10) & 0x1f;
@@ -207,7 +227,15 @@ export function f16ToF32(h: number): number {
 const f32Scratch = new Float32Array(1);
 const u32Scratch = new Uint32Array(f32Scratch.buffer);
 
-/** float32 -> IEEE half, round to nearest even. */
+/**
+ * float32 -> IEEE half, round to nearest even.
+ *
+ * @example
+ * ```ts
+ * import { f32ToF16 } from "./safetensors.ts";
+ * f32ToF16(1); // 0x3c00
+ * ```
+ */
 export function f32ToF16(x: number): number {
   f32Scratch[0] = x;
   const b = u32Scratch[0];

@@ -104,7 +104,15 @@ export interface StepInfo {
   lr: number;
 }
 
-/** Learning rate for the update that makes step `step` (1-based): linear warmup, then constant. */
+/**
+ * Learning rate for the update that makes step `step` (1-based): linear warmup, then constant.
+ *
+ * @example
+ * ```ts
+ * import { learningRate } from "./trainer.ts";
+ * learningRate(500, { lr: 1e-4, warmupSteps: 1000 }); // 5e-5
+ * ```
+ */
 export function learningRate(
   step: number,
   config: Pick<TrainConfig, "lr" | "warmupSteps">,
@@ -112,7 +120,20 @@ export function learningRate(
   return config.warmupSteps > 0 ? config.lr * Math.min(1, step / config.warmupSteps) : config.lr;
 }
 
-/** A non-finite loss: training stops and the last checkpoint stays as it was. */
+/**
+ * A non-finite loss: training stops and the last checkpoint stays as it was.
+ *
+ * @example
+ * ```ts
+ * import { NonFiniteLossError, Trainer } from "./trainer.ts";
+ * import { loadLatents } from "./latents.ts";
+ * try {
+ *   await new Trainer({ preset: "smoke" }).fit(await loadLatents("runs/latents.safetensors"));
+ * } catch (e) {
+ *   if (e instanceof NonFiniteLossError) console.error(e.message);
+ * }
+ * ```
+ */
 export class NonFiniteLossError extends Error {
   /** The error's name. */
   override name = "NonFiniteLossError";

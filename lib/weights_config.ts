@@ -23,7 +23,15 @@ export interface WeightsConfig {
   training?: Record<string, unknown>;
 }
 
-/** The published model's config (DiT-Nano/2 on sd-vae-ft-ema latents, Heun 50, CFG 4.0). */
+/**
+ * The published model's config (DiT-Nano/2 on sd-vae-ft-ema latents, Heun 50, CFG 4.0).
+ *
+ * @example
+ * ```ts
+ * import { defaultWeightsConfig } from "./weights_config.ts";
+ * defaultWeightsConfig().sampling; // { steps: 50, cfgScale: 4, sampler: "heun" }
+ * ```
+ */
 export function defaultWeightsConfig(): WeightsConfig {
   return {
     format: "anthos",
