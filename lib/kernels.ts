@@ -94,6 +94,25 @@ function sharedTranspose(x: tf.Tensor): tf.Tensor {
   return xt;
 }
 
+/**
+ * The weight and bias gradients `x^T @ dy` and `sum_rows(dy)` of a linear (`x [M, in]`,
+ * `dy [M, out]`). XNNPACK packs a product's right operand on each call unless it is the very
+ * tensor it packed last (slow for `[M, n]` with M in the thousands). When `out <= in`, dy is
+ * packed once for both products. When `out > in`, x is the narrower one: `(dy^T @ x)^T` packs x
+ * (w1 and w2 share it, packed once), and the bias sum is `dy^T @ ones[M, 1]`.
+ */
+function linearParamGrads(x: tf.Tensor2D, dy: tf.Tensor2D): [tf.Tensor2D, tf.Tensor1D] {
+  const [m, out] = dy.shape;
+  if (out <= x.shape[1]) {
+    return [tf.matMul(sharedTranspose(x) as tf.Tensor2D, dy), sumRows(dy)]; // [in, out], [out]
+  }
+  const dyT = transposeLast(dy) as tf.Tensor2D; // [out, M]
+  return [
+    transposeLast(tf.matMul(dyT, x)) as tf.Tensor2D, // [in, out]
+    tf.reshape(tf.matMul(dyT, tf.ones([m, 1])), [out]) as tf.Tensor1D, // [out]
+  ];
+}
+
 const linearOp = fused(
   (x: tf.Tensor, w: tf.Tensor, b: tf.Tensor, save: tf.GradSaveFunc) => {
     save([x, w]);
@@ -101,8 +120,7 @@ const linearOp = fused(
       value: tf.add(tf.matMul(x as tf.Tensor2D, w as tf.Tensor2D), b), // [M, out]
       gradFunc: (dy: tf.Tensor, [sx, sw]: tf.Tensor[]) => [
         tf.matMul(dy as tf.Tensor2D, transposeLast(sw) as tf.Tensor2D), // dx = dy @ W^T  [M, in]
-        tf.matMul(sharedTranspose(sx) as tf.Tensor2D, dy as tf.Tensor2D), // dW = x^T @ dy  [in, out]
-        sumRows(dy as tf.Tensor2D), // db = sum over rows  [out]
+        ...linearParamGrads(sx as tf.Tensor2D, dy as tf.Tensor2D), // dW [in, out], db [out]
       ],
     };
   },
@@ -123,9 +141,10 @@ export function linearBias(x: tf.Tensor2D, w: tf.Tensor2D, b: tf.Tensor1D): tf.T
 }
 
 const layerNormOp = fused((x: tf.Tensor, eps: tf.Tensor, save: tf.GradSaveFunc) => {
-  const { mean, variance } = tf.moments(x, -1, true);
-  const rstd = tf.rsqrt(tf.add(variance, eps)); // [..., 1]
-  const y = tf.mul(tf.sub(x, mean), rstd); // [..., D]
+  // tf.moments' maths, with x - mean made once (moments also copies x through a Cast).
+  const centred = tf.sub(x, tf.mean(x, -1, true)); // [..., D]
+  const rstd = tf.rsqrt(tf.add(tf.mean(tf.square(centred), -1, true), eps)); // [..., 1]
+  const y = tf.mul(centred, rstd); // [..., D]
   save([y, rstd]);
   return {
     value: y,
@@ -196,8 +215,10 @@ const attentionCoreOp = fused(
         const dp = plainMatmul(dO, transposeLast(sv)); // [B, T, T]
         const ds = tf.mul(sp, tf.sub(dp, tf.sum(tf.mul(dO, so), -1, true))); // [B, T, T]
         const dq = tf.mul(plainMatmul(ds, sk), scale); // [B, T, hd]
-        const dk = transposeLast(plainMatmul(transposeLast(sq), ds)); // (q^T dS)^T = dS^T q  [B, T, hd]
-        const dv = transposeLast(plainMatmul(transposeLast(dO), sp)); // (dO^T P)^T = P^T dO  [B, T, hd]
+        // The [T, T] operand goes on the left (transposed once): as the right operand of a product
+        // XNNPACK would repack it for every slice, which costs more than the transpose.
+        const dk = plainMatmul(transposeLast(ds), sq); // dS^T q  [B, T, hd]
+        const dv = plainMatmul(transposeLast(sp), dO); // P^T dO  [B, T, hd]
         return [dq, dk, dv];
       },
     };
