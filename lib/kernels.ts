@@ -78,6 +78,39 @@ function sumRows(x: tf.Tensor2D): tf.Tensor1D {
   return tf.reshape(tf.matMul(tf.ones([1, m]), x), [c]); // [C]
 }
 
+/** The pieces of tfjs-backend-wasm 4.22's internals that {@link sumTokens} uses. */
+interface HeapBackend {
+  makeOutput(shape: number[], dtype: "float32"): tf.TensorInfo;
+  typedArrayFromHeap(t: tf.TensorInfo): Float32Array;
+}
+
+/**
+ * Sum over the token axis, `[N, T, D] -> [N, D]`, of `a` or of the product `a * b`. On wasm a
+ * Sum over a middle axis is a transpose then a reduce; here one pass in JS over the backend's
+ * heap does it (same order of additions as tfjs's Sum, float32 throughout) and fuses the product.
+ */
+function sumTokens(a: tf.Tensor, b?: tf.Tensor): tf.Tensor2D {
+  const be = tf.backend() as unknown as Partial<HeapBackend>;
+  if (!be.makeOutput || !be.typedArrayFromHeap) return tf.sum(b ? tf.mul(a, b) : a, 1);
+  const [n, t, d] = a.shape;
+  const out = tf.engine().makeTensorFromTensorInfo(be.makeOutput([n, d], "float32"));
+  // Views made after the allocation (which may grow, and so move, the heap).
+  const src = be.typedArrayFromHeap(a);
+  const src2 = b ? be.typedArrayFromHeap(b) : null;
+  const dst = be.typedArrayFromHeap(out);
+  const acc = new Float32Array(d);
+  for (let i = 0; i < n; i++) {
+    acc.fill(0);
+    for (let j = 0; j < t; j++) {
+      const row = (i * t + j) * d;
+      if (src2) { for (let k = 0; k < d; k++) acc[k] += Math.fround(src[row + k] * src2[row + k]); }
+      else for (let k = 0; k < d; k++) acc[k] += src[row + k];
+    }
+    dst.set(acc, i * d);
+  }
+  return out as tf.Tensor2D; // [N, D]
+}
+
 /** Transposes made during the current backward pass, by the data they transpose. */
 const transposes = new WeakMap<object, tf.Tensor>();
 
@@ -180,8 +213,8 @@ const modulateOp = fused(
       value: tf.add(tf.mul(x, scale1), tf.reshape(shift, [n, 1, d])), // [N, T, D]
       gradFunc: (dy: tf.Tensor, [sx, ss]: tf.Tensor[]) => [
         tf.mul(dy, ss), // dx = dy * (1 + scale)  [N, T, D]
-        tf.sum(dy, 1), // dshift = sum over tokens  [N, D]
-        tf.sum(tf.mul(dy, sx), 1), // dscale = sum over tokens of dy * x  [N, D]
+        sumTokens(dy), // dshift = sum over tokens  [N, D]
+        sumTokens(dy, sx), // dscale = sum over tokens of dy * x  [N, D]
       ],
     };
   },
@@ -277,7 +310,7 @@ const gatedResidualOp = fused(
       value: tf.add(x, tf.mul(gate3, h)), // [N, T, D]
       gradFunc: (dy: tf.Tensor, [sg, sh]: tf.Tensor[]) => [
         tf.reshape(dy, dy.shape), // dx = dy (as a view)
-        tf.sum(tf.mul(dy, sh), 1), // dgate = sum over tokens of dy * h  [N, D]
+        sumTokens(dy, sh), // dgate = sum over tokens of dy * h  [N, D]
         tf.mul(dy, sg), // dh = dy * gate  [N, T, D]
       ],
     };
