@@ -188,3 +188,29 @@ Deno.test({
     assert.ok((await matmulError()) < 1e-5);
   },
 });
+
+Deno.test("$ANTHOS_WASM_THREADS sets the wasm thread count; a bad value is named", async () => {
+  const run = async (value: string) => {
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: [
+        "eval",
+        `import { loadBackend } from "${new URL("../lib/backend.ts", import.meta.url)}";` +
+        `console.log(JSON.stringify(await loadBackend("wasm")));`,
+      ],
+      env: { ANTHOS_WASM_THREADS: value },
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    return {
+      ok: out.success,
+      out: new TextDecoder().decode(out.stdout),
+      err: new TextDecoder().decode(out.stderr),
+    };
+  };
+  const one = await run("1");
+  assert.ok(one.ok, one.err);
+  assert.equal(JSON.parse(one.out).threads, 1);
+  const bad = await run("lots");
+  assert.ok(!bad.ok);
+  assert.ok(bad.err.includes("ANTHOS_WASM_THREADS"), bad.err);
+});
