@@ -78,6 +78,26 @@ export interface ParsedCommand<O extends Readonly<Record<string, OptionSpec>>> {
 }
 
 /**
+ * The `--backend` flag every task shares (parsed as one of the backend names).
+ *
+ * @example
+ * ```ts
+ * import { BACKEND_OPTION, parseCommand } from "./cli.ts";
+ * const spec = { name: "deno task x", description: "x", options: { backend: BACKEND_OPTION } } as const;
+ * parseCommand(spec, ["--backend", "webgpu"]).values.backend; // "webgpu"
+ * ```
+ */
+export const BACKEND_OPTION: {
+  readonly type: "string";
+  readonly choices: readonly ["wasm", "cpu", "webgpu", "tensorflow"];
+  readonly description: string;
+} = {
+  type: "string",
+  choices: ["wasm", "cpu", "webgpu", "tensorflow"],
+  description: "tfjs backend [default: $ANTHOS_BACKEND or wasm]",
+};
+
+/**
  * Bad command-line input: the message names the flag and how to fix it.
  *
  * @example

@@ -740,6 +740,36 @@ function layoutOf(key: string): Layout {
 }
 
 /**
+ * Calls `f(ours, torch)` with each element's flat index in our layout and in PyTorch's.
+ * Linear: torch `[out, in]` <-> ours `[in, out]`; conv: torch `[out, C, kh, kw]` <-> ours
+ * `[(kh, kw, C), out]` (the patchify matrix).
+ */
+function forEachLayoutPair(
+  torchShape: number[],
+  layout: "linear" | "conv",
+  f: (ours: number, torch: number) => void,
+): void {
+  if (layout === "linear") {
+    const [o, i] = torchShape;
+    for (let r = 0; r < o; r++) for (let k = 0; k < i; k++) f(k * o + r, r * i + k);
+    return;
+  }
+  const [o, ch, kh, kw] = torchShape;
+  for (let r = 0; r < o; r++) {
+    for (let c = 0; c < ch; c++) {
+      for (let a = 0; a < kh; a++) {
+        for (let b = 0; b < kw; b++) {
+          f(
+            ((a * kw + b) * ch + c) * o + r,
+            ((r * ch + c) * kh + a) * kw + b,
+          );
+        }
+      }
+    }
+  }
+}
+
+/**
  * PyTorch layout -> ours. Linear [out, in] -> [in, out]; conv [out, C, kh, kw] -> [(kh, kw, C), out].
  *
  * @example
@@ -751,27 +781,13 @@ function layoutOf(key: string): Layout {
  */
 export function fromTorchLayout(
   src: Float32Array,
-  shape: number[],
+  _shape: number[],
   torchShape: number[],
   layout: Layout,
 ): Float32Array {
   if (layout === "plain") return src;
   const out = new Float32Array(src.length);
-  if (layout === "linear") {
-    const [o, i] = torchShape;
-    for (let r = 0; r < o; r++) for (let k = 0; k < i; k++) out[k * o + r] = src[r * i + k];
-    return out;
-  }
-  const [o, ch, kh, kw] = torchShape;
-  for (let r = 0; r < o; r++) {
-    for (let c = 0; c < ch; c++) {
-      for (let a = 0; a < kh; a++) {
-        for (let b = 0; b < kw; b++) {
-          out[((a * kw + b) * ch + c) * shape[1] + r] = src[((r * ch + c) * kh + a) * kw + b];
-        }
-      }
-    }
-  }
+  forEachLayoutPair(torchShape, layout, (ours, torch) => out[ours] = src[torch]);
   return out;
 }
 
@@ -786,26 +802,12 @@ export function fromTorchLayout(
  */
 export function toTorchLayout(
   src: Float32Array,
-  shape: number[],
+  _shape: number[],
   torchShape: number[],
   layout: Layout,
 ): Float32Array {
   if (layout === "plain") return src;
   const out = new Float32Array(src.length);
-  if (layout === "linear") {
-    const [o, i] = torchShape;
-    for (let r = 0; r < o; r++) for (let k = 0; k < i; k++) out[r * i + k] = src[k * o + r];
-    return out;
-  }
-  const [o, ch, kh, kw] = torchShape;
-  for (let r = 0; r < o; r++) {
-    for (let c = 0; c < ch; c++) {
-      for (let a = 0; a < kh; a++) {
-        for (let b = 0; b < kw; b++) {
-          out[((r * ch + c) * kh + a) * kw + b] = src[((a * kw + b) * ch + c) * shape[1] + r];
-        }
-      }
-    }
-  }
+  forEachLayoutPair(torchShape, layout, (ours, torch) => out[torch] = src[ours]);
   return out;
 }

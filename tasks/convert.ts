@@ -6,7 +6,7 @@
  */
 
 import { type BackendName, loadBackend } from "../lib/backend.ts";
-import { parseArgs, runMain } from "../lib/cli.ts";
+import { BACKEND_OPTION, parseArgs, runMain } from "../lib/cli.ts";
 import { dirname } from "../lib/atomic.ts";
 import { exportCheckpoint } from "../lib/export.ts";
 import { readSafetensors } from "../lib/safetensors.ts";
@@ -41,11 +41,7 @@ const SPEC = {
       default: ".",
       description: "folder holding weights/classes.txt (copied beside the export)",
     },
-    backend: {
-      type: "string",
-      choices: ["wasm", "cpu", "webgpu", "tensorflow"],
-      description: "tfjs backend [default: $ANTHOS_BACKEND or wasm]",
-    },
+    backend: BACKEND_OPTION,
   },
   examples: [
     "deno task convert --checkpoint runs/smoke/checkpoint.safetensors --out weights",

@@ -2,7 +2,7 @@
 // encode (TAESD, photos + mirror images) -> train (smoke preset) -> export -> sample a grid.
 // Each stage is the ordinary task, run as a subprocess, so this file only chains them.
 import { fileURLToPath } from "node:url";
-import { isQuick, parseArgs } from "../lib/cli.ts";
+import { BACKEND_OPTION, isQuick, parseArgs } from "../lib/cli.ts";
 
 const SPEC = {
   name: "deno task demo",
@@ -17,11 +17,7 @@ const SPEC = {
       description: "shared/ folder [default: $ANTHOS_SHARED or ../shared]",
     },
     steps: { type: "integer", description: "training steps [default: the smoke preset's]" },
-    backend: {
-      type: "string",
-      choices: ["wasm", "cpu", "webgpu", "tensorflow"],
-      description: "tfjs backend [default: $ANTHOS_BACKEND or wasm]",
-    },
+    backend: BACKEND_OPTION,
   },
   examples: ["deno task demo", "ANTHOS_QUICK=1 deno task demo --out runs/quick"],
   epilog: "Environment: ANTHOS_QUICK=1 makes every stage CI-sized (a few minutes in all).",

@@ -7,7 +7,7 @@
 import { exists } from "../lib/atomic.ts";
 import { type AutoencoderKind, loadAutoencoder } from "../lib/autoencoder.ts";
 import { type BackendName, loadBackend } from "../lib/backend.ts";
-import { isQuick, parseArgs, runMain, splitList } from "../lib/cli.ts";
+import { BACKEND_OPTION, isQuick, parseArgs, runMain, splitList } from "../lib/cli.ts";
 import { anthosHome } from "../lib/download.ts";
 import { encodeDataset } from "../lib/encode.ts";
 import { downloadOxford, loadOxford, type OxfordSplit } from "../lib/oxford.ts";
@@ -52,11 +52,7 @@ const SPEC = {
     chunk: { type: "integer", default: 64, description: "photos per resumable chunk" },
     dtype: { type: "string", choices: ["f16", "f32"], default: "f16", description: "storage type" },
     "no-flip": { type: "boolean", description: "skip the horizontally flipped copies" },
-    backend: {
-      type: "string",
-      choices: ["wasm", "cpu", "webgpu", "tensorflow"],
-      description: "tfjs backend [default: $ANTHOS_BACKEND or wasm]",
-    },
+    backend: BACKEND_OPTION,
   },
   examples: [
     "deno task encode",

@@ -6,7 +6,7 @@
 
 import type { AutoencoderKind } from "../lib/autoencoder.ts";
 import { type BackendName, defaultBackendName } from "../lib/backend.ts";
-import { CliError, parseArgs, runMain } from "../lib/cli.ts";
+import { BACKEND_OPTION, CliError, parseArgs, runMain } from "../lib/cli.ts";
 import type { SamplerName } from "../lib/flow.ts";
 import { AnthosPipeline } from "../lib/pipeline.ts";
 import { formatDuration, ProgressBar } from "../lib/progress.ts";
@@ -53,11 +53,7 @@ const SPEC = {
       default: ".",
       description: "folder holding weights/",
     },
-    backend: {
-      type: "string",
-      choices: ["wasm", "cpu", "webgpu", "tensorflow"],
-      description: "tfjs backend [default: $ANTHOS_BACKEND or wasm]",
-    },
+    backend: BACKEND_OPTION,
     vae: {
       type: "string",
       choices: ["taesd", "sd-vae-ft-ema"],

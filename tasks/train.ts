@@ -14,7 +14,7 @@ import type * as tf from "@tensorflow/tfjs-core";
 import { type Autoencoder, type AutoencoderKind, loadAutoencoder } from "../lib/autoencoder.ts";
 import { type BackendName, loadBackend } from "../lib/backend.ts";
 import { ClassNames, parseClassSelection } from "../lib/classes.ts";
-import { CliError, isQuick, parseArgs, runMain } from "../lib/cli.ts";
+import { BACKEND_OPTION, CliError, isQuick, parseArgs, runMain } from "../lib/cli.ts";
 import type { DiT } from "../lib/dit.ts";
 import { exportCheckpoint } from "../lib/export.ts";
 import { randomNoise, sample } from "../lib/flow.ts";
@@ -69,11 +69,7 @@ const SPEC = {
       description: "checkpoint every N steps [anthos 1000, smoke 100]",
     },
     "log-every": { type: "integer", default: 1, description: "log.jsonl line every N steps" },
-    backend: {
-      type: "string",
-      choices: ["wasm", "cpu", "webgpu", "tensorflow"],
-      description: "tfjs backend [default: $ANTHOS_BACKEND or wasm]",
-    },
+    backend: BACKEND_OPTION,
     vae: {
       type: "string",
       choices: ["taesd", "sd-vae-ft-ema"],
