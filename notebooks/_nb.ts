@@ -158,3 +158,21 @@ function escape(s: string): string {
 }
 
 export { exists } from "../lib/atomic.ts";
+
+/**
+ * Shows PNG bytes (or a raw mimebundle such as `{ "image/svg+xml": svg }`) in the notebook and
+ * then yields for a moment. Why the pause: Deno's kernel can report a cell as finished before its
+ * last display message has gone out, and headless runners (nbclient, used in CI) drop whatever
+ * arrives after that — the image then vanishes at random.
+ *
+ * @example
+ * ```ts
+ * import { show } from "./_nb.ts";
+ * await show(await Deno.readFile("grid.png"));
+ * ```
+ */
+export async function show(value: Uint8Array | Record<string, string>): Promise<void> {
+  if (value instanceof Uint8Array) await Deno.jupyter.display(Deno.jupyter.image(value));
+  else await Deno.jupyter.display(value, { raw: true });
+  await new Promise((resolve) => setTimeout(resolve, 250));
+}
