@@ -19,7 +19,7 @@
 
 import * as tf from "@tensorflow/tfjs-core";
 import type { Autoencoder, EncodeOptions } from "./autoencoder.ts";
-import { checkImageBatch } from "./image.ts";
+import { checkImageBatch, checkLatentBatch } from "./image.ts";
 import { Rng } from "./rng.ts";
 import { type RawTensor, readSafetensors } from "./safetensors.ts";
 
@@ -285,7 +285,7 @@ export class AutoencoderKL implements Autoencoder {
    * ```
    */
   decode(latents: tf.Tensor4D): tf.Tensor4D {
-    this.#checkLatents(latents);
+    checkLatentBatch(latents, this.config.latent_channels);
     const z = tf.div(latents, this.config.scaling_factor) as tf.Tensor4D;
     const raw = this.decodeRaw(z);
     z.dispose();
@@ -309,7 +309,7 @@ export class AutoencoderKL implements Autoencoder {
    * ```
    */
   decodeRaw(z: tf.Tensor4D): tf.Tensor4D {
-    this.#checkLatents(z);
+    checkLatentBatch(z, this.config.latent_channels);
     this.#alive();
     return this.#decoder(z);
   }
@@ -423,20 +423,6 @@ export class AutoencoderKL implements Autoencoder {
     const pad: number | [[number, number], [number, number], [number, number], [number, number]] =
       stride === 2 ? [[0, 0], [0, 1], [0, 1], [0, 0]] : filter.shape[0] === 3 ? 1 : 0;
     return tf.fused.conv2d({ x, filter, strides: stride, pad, bias: this.#w.get(`${p}.bias`) });
-  }
-
-  #checkLatents(latents: tf.Tensor): void {
-    const s = latents.shape;
-    const L = this.config.latent_channels;
-    if (s.length !== 4 || s[3] !== L || s[0] < 1) {
-      const hint = s.length === 3 ? " Add the batch axis with tf.expandDims(latents, 0)." : "";
-      throw new Error(
-        `expected latents of shape [N, 32, 32, ${L}] (NHWC; any h, w), got [${s}].${hint}`,
-      );
-    }
-    if (latents.dtype !== "float32") {
-      throw new Error(`expected float32 latents, got ${latents.dtype}`);
-    }
   }
 
   #alive(): void {

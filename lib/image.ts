@@ -362,6 +362,30 @@ export function checkImageBatch(images: tf.Tensor, options: { size?: number } = 
   }
 }
 
+/**
+ * Checks a batch of latents for an autoencoder's decoder: `[N, h, w, channels]` float32 (NHWC),
+ * with an error that names the expected shape and the fix.
+ *
+ * @example
+ * ```ts
+ * import * as tf from "@tensorflow/tfjs-core";
+ * import { checkLatentBatch } from "./image.ts";
+ * checkLatentBatch(tf.zeros([2, 32, 32, 4]), 4); // ok
+ * ```
+ */
+export function checkLatentBatch(latents: tf.Tensor, channels: number): void {
+  const s = latents.shape;
+  if (s.length !== 4 || s[3] !== channels || s[0] < 1) {
+    const hint = s.length === 3 ? " Add the batch axis with tf.expandDims(latents, 0)." : "";
+    throw new Error(
+      `expected latents of shape [N, 32, 32, ${channels}] (NHWC; any h, w), got [${s}].${hint}`,
+    );
+  }
+  if (latents.dtype !== "float32") {
+    throw new Error(`expected float32 latents, got ${latents.dtype}`);
+  }
+}
+
 function checkRaw(r: RawImage): void {
   if (![1, 3, 4].includes(r.channels) || r.data.length !== r.width * r.height * r.channels) {
     throw new ImageError(

@@ -14,7 +14,7 @@
 
 import * as tf from "@tensorflow/tfjs-core";
 import type { Autoencoder } from "./autoencoder.ts";
-import { checkImageBatch } from "./image.ts";
+import { checkImageBatch, checkLatentBatch } from "./image.ts";
 import { Rng } from "./rng.ts";
 import { type RawTensor, readSafetensors } from "./safetensors.ts";
 
@@ -224,7 +224,7 @@ export class Taesd implements Autoencoder {
    * ```
    */
   decode(latents: tf.Tensor4D): tf.Tensor4D {
-    checkLatents(latents, 4);
+    checkLatentBatch(latents, 4);
     return tf.tidy(() => tf.clipByValue(this.decodeRaw(latents), 0, 1));
   }
 
@@ -240,7 +240,7 @@ export class Taesd implements Autoencoder {
    * ```
    */
   decodeRaw(latents: tf.Tensor4D): tf.Tensor4D {
-    checkLatents(latents, 4);
+    checkLatentBatch(latents, 4);
     return tf.tidy(() => this.#run(latents, DECODER, "decoder"));
   }
 
@@ -347,17 +347,4 @@ function layerShapes(layers: Layer[]): Map<string, number[]> {
     }
   }
   return want;
-}
-
-function checkLatents(latents: tf.Tensor, channels: number): void {
-  const s = latents.shape;
-  if (s.length !== 4 || s[3] !== channels || s[0] < 1) {
-    const hint = s.length === 3 ? " Add the batch axis with tf.expandDims(latents, 0)." : "";
-    throw new Error(
-      `expected latents of shape [N, 32, 32, ${channels}] (NHWC; any h, w), got [${s}].${hint}`,
-    );
-  }
-  if (latents.dtype !== "float32") {
-    throw new Error(`expected float32 latents, got ${latents.dtype}`);
-  }
 }
