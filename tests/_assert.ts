@@ -15,41 +15,37 @@ export function assertLess(a: number, b: number, msg?: string): void {
 export function assertGreater(a: number, b: number, msg?: string): void {
   assertNode.ok(a > b, msg ?? `expected ${a} > ${b}`);
 }
+// deno-lint-ignore no-explicit-any
+type ErrorClass = new (...args: any[]) => Error;
+
+/** Checks a caught error's class and message, and returns it. */
+function checkCaught(e: unknown, cls: ErrorClass, includes: string): Error {
+  assertNode.ok(e instanceof cls, `expected ${cls.name}, got ${e}`);
+  const msg = (e as Error).message;
+  assertNode.ok(msg.includes(includes), `"${msg}" lacks "${includes}"`);
+  return e as Error;
+}
+
 /** Asserts `fn` throws an error of class `cls` whose message includes `includes`. */
-export function assertThrows(
-  fn: () => unknown,
-  // deno-lint-ignore no-explicit-any
-  cls: new (...args: any[]) => Error = Error,
-  includes = "",
-): Error {
+export function assertThrows(fn: () => unknown, cls: ErrorClass = Error, includes = ""): Error {
   try {
     fn();
   } catch (e) {
-    assertNode.ok(e instanceof cls, `expected ${cls.name}, got ${e}`);
-    assertNode.ok(
-      (e as Error).message.includes(includes),
-      `"${(e as Error).message}" lacks "${includes}"`,
-    );
-    return e as Error;
+    return checkCaught(e, cls, includes);
   }
   throw new assertNode.AssertionError({ message: `expected ${cls.name} to be thrown` });
 }
+
 /** Async version of {@link assertThrows}. */
 export async function assertRejects(
   fn: () => Promise<unknown>,
-  // deno-lint-ignore no-explicit-any
-  cls: new (...args: any[]) => Error = Error,
+  cls: ErrorClass = Error,
   includes = "",
 ): Promise<Error> {
   try {
     await fn();
   } catch (e) {
-    assertNode.ok(e instanceof cls, `expected ${cls.name}, got ${e}`);
-    assertNode.ok(
-      (e as Error).message.includes(includes),
-      `"${(e as Error).message}" lacks "${includes}"`,
-    );
-    return e as Error;
+    return checkCaught(e, cls, includes);
   }
   throw new assertNode.AssertionError({ message: `expected ${cls.name} to be rejected` });
 }
