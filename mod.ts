@@ -32,7 +32,7 @@ export {
   BACKENDS,
   loadBackend,
   type LoadBackendOptions,
-} from "./lib/backend.ts";
+} from "./lib/runtime/backend.ts";
 export {
   AnthosPipeline,
   GeneratedImage,
@@ -40,7 +40,7 @@ export {
   type GenerateProgress,
   type PipelineGridOptions,
   type PipelineLoadOptions,
-} from "./lib/pipeline.ts";
+} from "./lib/pipeline/pipeline.ts";
 export {
   type BlockParams,
   type ClassIds,
@@ -54,7 +54,7 @@ export {
   type NamedParam,
   nullClassId,
   PRESETS,
-} from "./lib/dit.ts";
+} from "./lib/model/dit.ts";
 export {
   disposeBatch,
   type FlowBatch,
@@ -65,7 +65,7 @@ export {
   SAMPLE_DEFAULTS,
   type SampleOptions,
   type SamplerName,
-} from "./lib/flow.ts";
+} from "./lib/model/flow.ts";
 export {
   learningRate,
   NonFiniteLossError,
@@ -73,22 +73,28 @@ export {
   TRAIN_PRESETS,
   type TrainConfig,
   Trainer,
-} from "./lib/trainer.ts";
-export { type LatentDataset, loadLatents, saveLatents } from "./lib/latents.ts";
+} from "./lib/training/trainer.ts";
+export { type LatentDataset, loadLatents, saveLatents } from "./lib/data/latents.ts";
 export {
   encodeDataset,
   type EncodeDatasetOptions,
   type EncodeItem,
   type EncodeResult,
-} from "./lib/encode.ts";
-export { exportCheckpoint, type ExportOptions, type ExportResult } from "./lib/export.ts";
+} from "./lib/data/encode.ts";
+export { exportCheckpoint, type ExportOptions, type ExportResult } from "./lib/training/export.ts";
 export {
   type Autoencoder,
+  AUTOENCODER_KINDS,
+  type AutoencoderInfo,
   type AutoencoderKind,
+  AUTOENCODERS,
+  checkImageBatch,
+  checkLatentBatch,
   type EncodeOptions,
-  loadAutoencoder,
-  type LoadAutoencoderOptions,
-} from "./lib/autoencoder.ts";
+  SD_SCALING_FACTOR,
+  ShapeError,
+} from "./lib/autoencoders/autoencoder.ts";
+export { loadAutoencoder, type LoadAutoencoderOptions } from "./lib/autoencoders/load.ts";
 export {
   flipHorizontal,
   type GridOptions,
@@ -98,9 +104,14 @@ export {
   type ReadImageOptions,
   toPng,
   writePng,
-} from "./lib/image.ts";
-export { ClassNames, parseClassSelection } from "./lib/classes.ts";
-export { loadOxford, type OxfordDataset, type OxfordItem, type OxfordSplit } from "./lib/oxford.ts";
+} from "./lib/io/image.ts";
+export { ClassNames, parseClassSelection } from "./lib/pipeline/classes.ts";
+export {
+  loadOxford,
+  type OxfordDataset,
+  type OxfordItem,
+  type OxfordSplit,
+} from "./lib/data/oxford.ts";
 export {
   type DType,
   type RawTensor,
@@ -108,6 +119,6 @@ export {
   type SafetensorsFile,
   type TensorToWrite,
   writeSafetensors,
-} from "./lib/safetensors.ts";
-export { Rng, type RngState } from "./lib/rng.ts";
-export { readWeightsConfig, type WeightsConfig } from "./lib/weights_config.ts";
+} from "./lib/io/safetensors.ts";
+export { Rng, type RngState } from "./lib/runtime/rng.ts";
+export { readWeightsConfig, type WeightsConfig } from "./lib/model/weights.ts";

@@ -6,7 +6,7 @@
  */
 
 import { fileURLToPath } from "node:url";
-import { isQuick } from "../lib/cli.ts";
+import { isQuick } from "../lib/cli/args.ts";
 
 /** Project root (the folder holding deno.json and weights/). */
 export const ROOT: string = fileURLToPath(new URL("..", import.meta.url)).replace(/\/$/, "");
@@ -157,7 +157,7 @@ function escape(s: string): string {
   return s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
 }
 
-export { exists } from "../lib/atomic.ts";
+export { exists } from "../lib/io/fs.ts";
 
 /**
  * Shows PNG bytes (or a raw mimebundle such as `{ "image/svg+xml": svg }`) in the notebook and

@@ -2,9 +2,9 @@
 // on each available backend, next to the PyTorch CPU anchor measured in the same run.
 import { parseArgs } from "node:util";
 import { fileURLToPath } from "node:url";
-import { availableBackends, type BackendName, loadBackend } from "../lib/backend.ts";
-import { benchSampling, benchTraining, runTorchAnchor, type TorchBenchRow } from "../lib/bench.ts";
-import { benchAutoencoders } from "../lib/bench_vae.ts";
+import { availableBackends, type BackendName, loadBackend } from "../lib/runtime/backend.ts";
+import { benchSampling, benchTraining, runTorchAnchor, type TorchBenchRow } from "../bench/dit.ts";
+import { benchAutoencoders } from "../bench/vae.ts";
 
 const HELP = `deno task bench [options]
 

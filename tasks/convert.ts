@@ -5,11 +5,11 @@
  * @module
  */
 
-import { type BackendName, loadBackend } from "../lib/backend.ts";
-import { BACKEND_OPTION, parseArgs, runMain } from "../lib/cli.ts";
-import { dirname } from "../lib/atomic.ts";
-import { exportCheckpoint } from "../lib/export.ts";
-import { readSafetensors } from "../lib/safetensors.ts";
+import { type BackendName, loadBackend } from "../lib/runtime/backend.ts";
+import { BACKEND_OPTION, parseArgs, runMain } from "../lib/cli/args.ts";
+import { dirname } from "../lib/io/fs.ts";
+import { exportCheckpoint } from "../lib/training/export.ts";
+import { readSafetensors } from "../lib/io/safetensors.ts";
 
 const SPEC = {
   name: "deno task convert",

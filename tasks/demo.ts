@@ -2,7 +2,7 @@
 // encode (TAESD, photos + mirror images) -> train (smoke preset) -> export -> sample a grid.
 // Each stage is the ordinary task, run as a subprocess, so this file only chains them.
 import { fileURLToPath } from "node:url";
-import { BACKEND_OPTION, isQuick, parseArgs } from "../lib/cli.ts";
+import { BACKEND_OPTION, isQuick, parseArgs } from "../lib/cli/args.ts";
 
 const SPEC = {
   name: "deno task demo",

@@ -4,14 +4,15 @@
  * @module
  */
 
-import { exists } from "../lib/atomic.ts";
-import { type AutoencoderKind, loadAutoencoder } from "../lib/autoencoder.ts";
-import { type BackendName, loadBackend } from "../lib/backend.ts";
-import { BACKEND_OPTION, isQuick, parseArgs, runMain, splitList } from "../lib/cli.ts";
-import { anthosHome } from "../lib/download.ts";
-import { encodeDataset } from "../lib/encode.ts";
-import { downloadOxford, loadOxford, type OxfordSplit } from "../lib/oxford.ts";
-import { formatDuration, ProgressBar } from "../lib/progress.ts";
+import { exists } from "../lib/io/fs.ts";
+import { loadAutoencoder } from "../lib/autoencoders/load.ts";
+import { type AutoencoderKind } from "../lib/autoencoders/autoencoder.ts";
+import { type BackendName, loadBackend } from "../lib/runtime/backend.ts";
+import { BACKEND_OPTION, isQuick, parseArgs, runMain, splitList } from "../lib/cli/args.ts";
+import { anthosHome } from "../lib/io/download.ts";
+import { encodeDataset } from "../lib/data/encode.ts";
+import { downloadOxford, loadOxford, type OxfordSplit } from "../lib/data/oxford.ts";
+import { formatDuration, ProgressBar } from "../lib/cli/progress.ts";
 
 const SPEC = {
   name: "deno task encode",

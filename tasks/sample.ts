@@ -4,13 +4,13 @@
  * @module
  */
 
-import type { AutoencoderKind } from "../lib/autoencoder.ts";
-import { type BackendName, defaultBackendName } from "../lib/backend.ts";
-import { BACKEND_OPTION, CliError, parseArgs, runMain } from "../lib/cli.ts";
-import type { SamplerName } from "../lib/flow.ts";
-import { AnthosPipeline } from "../lib/pipeline.ts";
-import { formatDuration, ProgressBar } from "../lib/progress.ts";
-import { writeFileAtomic } from "../lib/atomic.ts";
+import type { AutoencoderKind } from "../lib/autoencoders/autoencoder.ts";
+import { type BackendName, defaultBackendName } from "../lib/runtime/backend.ts";
+import { BACKEND_OPTION, CliError, parseArgs, runMain } from "../lib/cli/args.ts";
+import type { SamplerName } from "../lib/model/flow.ts";
+import { AnthosPipeline } from "../lib/pipeline/pipeline.ts";
+import { formatDuration, ProgressBar } from "../lib/cli/progress.ts";
+import { writeFileAtomic } from "../lib/io/fs.ts";
 
 const SPEC = {
   name: "deno task sample",

@@ -11,18 +11,24 @@
  */
 
 import type * as tf from "@tensorflow/tfjs-core";
-import { type Autoencoder, type AutoencoderKind, loadAutoencoder } from "../lib/autoencoder.ts";
-import { type BackendName, loadBackend } from "../lib/backend.ts";
-import { ClassNames, parseClassSelection } from "../lib/classes.ts";
-import { BACKEND_OPTION, CliError, isQuick, parseArgs, runMain } from "../lib/cli.ts";
-import type { DiT } from "../lib/dit.ts";
-import { exportCheckpoint } from "../lib/export.ts";
-import { randomNoise, sample } from "../lib/flow.ts";
-import { makeGrid } from "../lib/image.ts";
-import { type LatentDataset, loadLatents } from "../lib/latents.ts";
-import { formatDuration, ProgressBar } from "../lib/progress.ts";
-import { NonFiniteLossError, type StepInfo, TRAIN_PRESETS, Trainer } from "../lib/trainer.ts";
-import { exists, writeFileAtomic } from "../lib/atomic.ts";
+import { loadAutoencoder } from "../lib/autoencoders/load.ts";
+import { type Autoencoder, type AutoencoderKind } from "../lib/autoencoders/autoencoder.ts";
+import { type BackendName, loadBackend } from "../lib/runtime/backend.ts";
+import { ClassNames, parseClassSelection } from "../lib/pipeline/classes.ts";
+import { BACKEND_OPTION, CliError, isQuick, parseArgs, runMain } from "../lib/cli/args.ts";
+import type { DiT } from "../lib/model/dit.ts";
+import { exportCheckpoint } from "../lib/training/export.ts";
+import { randomNoise, sample } from "../lib/model/flow.ts";
+import { makeGrid } from "../lib/io/image.ts";
+import { type LatentDataset, loadLatents } from "../lib/data/latents.ts";
+import { formatDuration, ProgressBar } from "../lib/cli/progress.ts";
+import {
+  NonFiniteLossError,
+  type StepInfo,
+  TRAIN_PRESETS,
+  Trainer,
+} from "../lib/training/trainer.ts";
+import { exists, writeFileAtomic } from "../lib/io/fs.ts";
 
 const SPEC = {
   name: "deno task train",

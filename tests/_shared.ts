@@ -1,6 +1,6 @@
 // Test helpers: where ../shared lives, and a loud failure (never a silent skip) under CI.
 import { fileURLToPath } from "node:url";
-import { type BackendName, loadBackend } from "../lib/backend.ts";
+import { type BackendName, loadBackend } from "../lib/runtime/backend.ts";
 
 /** Root of the shared reference material: $ANTHOS_SHARED, else ../shared beside the project. */
 export const SHARED: string = Deno.env.get("ANTHOS_SHARED") ??

@@ -12,15 +12,15 @@ import {
   assertRejects,
   assertThrows,
 } from "./_assert.ts";
-import { loadAutoencoder } from "../lib/autoencoder.ts";
+import { loadAutoencoder } from "../lib/autoencoders/load.ts";
 import {
   AutoencoderKL,
   klWeightShapes,
   parseKLConfig,
   SD_VAE_FT_EMA_CONFIG,
-} from "../lib/autoencoder_kl.ts";
-import { loadBackend } from "../lib/backend.ts";
-import { type RawTensor, readSafetensors } from "../lib/safetensors.ts";
+} from "../lib/autoencoders/kl.ts";
+import { loadBackend } from "../lib/runtime/backend.ts";
+import { type RawTensor, readSafetensors } from "../lib/io/safetensors.ts";
 import { relErr, sharedPath, useBackend } from "./_shared.ts";
 
 const dir = sharedPath("spec/golden_vae/kl");

@@ -9,8 +9,8 @@ import {
   BACKENDS,
   defaultBackendName,
   loadBackend,
-} from "../lib/backend.ts";
-import { Rng } from "../lib/rng.ts";
+} from "../lib/runtime/backend.ts";
+import { Rng } from "../lib/runtime/rng.ts";
 import { IN_CI, relErr } from "./_shared.ts";
 
 /** Plain-JS [m,k] x [k,n] matmul in float64: the independent reference. */
@@ -194,7 +194,7 @@ Deno.test("$ANTHOS_WASM_THREADS sets the wasm thread count; a bad value is named
     const out = await new Deno.Command(Deno.execPath(), {
       args: [
         "eval",
-        `import { loadBackend } from "${new URL("../lib/backend.ts", import.meta.url)}";` +
+        `import { loadBackend } from "${new URL("../lib/runtime/backend.ts", import.meta.url)}";` +
         `console.log(JSON.stringify(await loadBackend("wasm")));`,
       ],
       env: { ANTHOS_WASM_THREADS: value },

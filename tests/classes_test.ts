@@ -1,6 +1,6 @@
 // Class vocabulary: weights/classes.txt against the Oxford names, forgiving lookups, selections.
 import assert from "node:assert/strict";
-import { ClassNames, normalizeClassName, parseClassSelection } from "../lib/classes.ts";
+import { ClassNames, normalizeClassName, parseClassSelection } from "../lib/pipeline/classes.ts";
 import { sharedPath } from "./_shared.ts";
 
 const CLASSES = new URL("../weights/classes.txt", import.meta.url).pathname;

@@ -1,8 +1,8 @@
 // The shared task helpers: argument parsing (types, defaults, errors that name the fix), help
 // text, and the progress bar in both terminal and plain-line modes (with a fake clock).
 import { assert, assertEquals, assertThrows } from "./_assert.ts";
-import { CliError, helpText, parseCommand, splitList } from "../lib/cli.ts";
-import { formatDuration, ProgressBar } from "../lib/progress.ts";
+import { CliError, helpText, parseCommand, splitList } from "../lib/cli/args.ts";
+import { formatDuration, ProgressBar } from "../lib/cli/progress.ts";
 
 const SPEC = {
   name: "deno task demo",

@@ -2,10 +2,10 @@
 // backend CI has: the forward pass, the loss, every gradient, Euler and Heun samples.
 import * as tf from "@tensorflow/tfjs-core";
 import { assert, assertEquals, assertLess, assertRejects, assertThrows } from "./_assert.ts";
-import { loadBackend } from "../lib/backend.ts";
-import { DiT, type NamedParam, toTorchLayout } from "../lib/dit.ts";
-import { sample } from "../lib/flow.ts";
-import { parseSafetensors, type RawTensor, readSafetensors } from "../lib/safetensors.ts";
+import { loadBackend } from "../lib/runtime/backend.ts";
+import { DiT, type NamedParam, toTorchLayout } from "../lib/model/dit.ts";
+import { sample } from "../lib/model/flow.ts";
+import { parseSafetensors, type RawTensor, readSafetensors } from "../lib/io/safetensors.ts";
 import { relErr, sharedPath, useBackend } from "./_shared.ts";
 
 const weightsPath = sharedPath("spec/golden/weights.safetensors");
@@ -176,7 +176,7 @@ Deno.test({
     await assertRejects(() => DiT.load(bytes.slice(0, 5)), Error, "8-byte header");
     // Missing key and wrong shape, built from the real file's tensors.
     const { tensors } = parseSafetensors(bytes);
-    const { serializeSafetensors } = await import("../lib/safetensors.ts");
+    const { serializeSafetensors } = await import("../lib/io/safetensors.ts");
     const rec = Object.fromEntries(
       [...tensors].map(([k, t]) => [k, { dtype: "F32" as const, shape: t.shape, data: t.data }]),
     );

@@ -1,7 +1,7 @@
 // downloadFile against a real HTTP server on 127.0.0.1: caching, checksums, Range resume, failures.
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { anthosHome, downloadFile, sha256File } from "../lib/download.ts";
+import { anthosHome, downloadFile, sha256File } from "../lib/io/download.ts";
 
 const BODY = new Uint8Array(100_000).map((_, i) => (i * 7919) % 251);
 const SHA = createHash("sha256").update(BODY).digest("hex");

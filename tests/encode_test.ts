@@ -2,13 +2,13 @@
 // checked against the golden TAESD latents, and an interrupted run that resumes to the same bytes.
 import * as tf from "@tensorflow/tfjs-core";
 import { assert, assertEquals, assertLess } from "./_assert.ts";
-import { loadAutoencoder } from "../lib/autoencoder.ts";
-import { loadBackend } from "../lib/backend.ts";
-import { encodeDataset } from "../lib/encode.ts";
-import { flipHorizontal, readImage } from "../lib/image.ts";
-import { loadLatents } from "../lib/latents.ts";
-import { loadOxford } from "../lib/oxford.ts";
-import { readSafetensors } from "../lib/safetensors.ts";
+import { loadAutoencoder } from "../lib/autoencoders/load.ts";
+import { loadBackend } from "../lib/runtime/backend.ts";
+import { encodeDataset } from "../lib/data/encode.ts";
+import { flipHorizontal, readImage } from "../lib/io/image.ts";
+import { loadLatents } from "../lib/data/latents.ts";
+import { loadOxford } from "../lib/data/oxford.ts";
+import { readSafetensors } from "../lib/io/safetensors.ts";
 import { relErr, sharedPath } from "./_shared.ts";
 
 const dataDir = sharedPath("data/oxford102");

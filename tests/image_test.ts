@@ -11,9 +11,8 @@ import {
   assertRejects,
   assertThrows,
 } from "./_assert.ts";
-import { loadBackend } from "../lib/backend.ts";
+import { loadBackend } from "../lib/runtime/backend.ts";
 import {
-  checkImageBatch,
   flipHorizontal,
   ImageError,
   makeGrid,
@@ -22,8 +21,9 @@ import {
   readImageRaw,
   toPng,
   writePng,
-} from "../lib/image.ts";
-import { readSafetensors } from "../lib/safetensors.ts";
+} from "../lib/io/image.ts";
+import { checkImageBatch, ShapeError } from "../lib/autoencoders/autoencoder.ts";
+import { readSafetensors } from "../lib/io/safetensors.ts";
 import { sharedPath } from "./_shared.ts";
 
 /** RGB bytes of a solid-colour image split into vertical bands, as JPEG/PNG via sharp. */
@@ -256,7 +256,7 @@ Deno.test("checkImageBatch names the expected shape", async () => {
     [tf.zeros([1, 256, 256, 3], "int32"), "float32"],
   ];
   for (const [t, msg] of cases) {
-    assertThrows(() => checkImageBatch(t, { size: 256 }), ImageError, msg);
+    assertThrows(() => checkImageBatch(t, { size: 256 }), ShapeError, msg);
   }
   tf.dispose([ok, ...cases.map((c) => c[0])]);
 });

@@ -1,7 +1,7 @@
 // MAT v5 reader: the real Oxford label files, plus files built byte by byte here.
 import assert from "node:assert/strict";
 import { deflateSync } from "node:zlib";
-import { loadMat, MatError, readMat } from "../lib/matlab.ts";
+import { loadMat, MatError, readMat } from "../lib/io/matlab.ts";
 import { sharedPath } from "./_shared.ts";
 
 // Expected values computed independently with scipy.io.loadmat on the same files.

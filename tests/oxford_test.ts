@@ -1,7 +1,7 @@
 // Oxford Flowers 102: the real label files and photo subset in shared/, plus a tiny synthetic
 // dataset (MAT files written here, a .tgz made by GNU tar) served over 127.0.0.1.
 import assert from "node:assert/strict";
-import { downloadOxford, extractTarGz, loadOxford } from "../lib/oxford.ts";
+import { downloadOxford, extractTarGz, loadOxford } from "../lib/data/oxford.ts";
 import { sharedPath } from "./_shared.ts";
 
 Deno.test("loadOxford: real labels and splits, and the shared train subset", async () => {

@@ -3,8 +3,8 @@
 // random DiT weights and the real TAESD decoder from ../shared in a temporary repo folder.
 import * as tf from "@tensorflow/tfjs-core";
 import sharp from "sharp";
-import { loadBackend } from "../lib/backend.ts";
-import { AnthosPipeline, GeneratedImage, imageSeed } from "../lib/pipeline.ts";
+import { loadBackend } from "../lib/runtime/backend.ts";
+import { AnthosPipeline, GeneratedImage, imageSeed } from "../lib/pipeline/pipeline.ts";
 import { assert, assertEquals, assertRejects, assertThrows } from "./_assert.ts";
 import { sharedPath } from "./_shared.ts";
 

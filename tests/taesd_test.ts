@@ -9,11 +9,11 @@ import {
   assertRejects,
   assertThrows,
 } from "./_assert.ts";
-import { loadAutoencoder } from "../lib/autoencoder.ts";
-import { loadBackend } from "../lib/backend.ts";
-import { readImage } from "../lib/image.ts";
-import { readSafetensors, serializeSafetensors } from "../lib/safetensors.ts";
-import { Taesd } from "../lib/taesd.ts";
+import { loadAutoencoder } from "../lib/autoencoders/load.ts";
+import { loadBackend } from "../lib/runtime/backend.ts";
+import { readImage } from "../lib/io/image.ts";
+import { readSafetensors, serializeSafetensors } from "../lib/io/safetensors.ts";
+import { Taesd } from "../lib/autoencoders/taesd.ts";
 import { relErr, sharedPath } from "./_shared.ts";
 
 const weightsDir = sharedPath("weights/taesd");

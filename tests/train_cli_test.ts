@@ -3,12 +3,12 @@
 // error paths. A tiny model (DiT-Pico/2, 8x8 latents) keeps each run to seconds.
 import * as tf from "@tensorflow/tfjs-core";
 import { assert, assertEquals, assertGreater } from "./_assert.ts";
-import { loadBackend } from "../lib/backend.ts";
-import { DiT } from "../lib/dit.ts";
-import { saveLatents } from "../lib/latents.ts";
-import { Rng } from "../lib/rng.ts";
-import { readSafetensors } from "../lib/safetensors.ts";
-import { readWeightsConfig } from "../lib/weights_config.ts";
+import { loadBackend } from "../lib/runtime/backend.ts";
+import { DiT } from "../lib/model/dit.ts";
+import { saveLatents } from "../lib/data/latents.ts";
+import { Rng } from "../lib/runtime/rng.ts";
+import { readSafetensors } from "../lib/io/safetensors.ts";
+import { readWeightsConfig } from "../lib/model/weights.ts";
 import { sharedPath } from "./_shared.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname.replace(/\/$/, "");

@@ -2,11 +2,11 @@
 // bit-exact resume, no tensor growth, and a clean stop on a non-finite loss.
 import * as tf from "@tensorflow/tfjs-core";
 import { assert, assertEquals, assertGreater, assertLess, assertRejects } from "./_assert.ts";
-import { loadBackend } from "../lib/backend.ts";
-import { DiT, toTorchLayout } from "../lib/dit.ts";
-import type { LatentDataset } from "../lib/latents.ts";
-import { learningRate, NonFiniteLossError, Trainer } from "../lib/trainer.ts";
-import { readSafetensors } from "../lib/safetensors.ts";
+import { loadBackend } from "../lib/runtime/backend.ts";
+import { DiT, toTorchLayout } from "../lib/model/dit.ts";
+import type { LatentDataset } from "../lib/data/latents.ts";
+import { learningRate, NonFiniteLossError, Trainer } from "../lib/training/trainer.ts";
+import { readSafetensors } from "../lib/io/safetensors.ts";
 import { relErr, sharedPath } from "./_shared.ts";
 
 const weightsPath = sharedPath("spec/golden/weights.safetensors");

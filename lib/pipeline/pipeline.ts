@@ -13,14 +13,15 @@
  */
 
 import * as tf from "@tensorflow/tfjs-core";
-import { type Autoencoder, type AutoencoderKind, loadAutoencoder } from "./autoencoder.ts";
-import { type BackendName, loadBackend } from "./backend.ts";
+import { loadAutoencoder } from "../autoencoders/load.ts";
+import { type Autoencoder, type AutoencoderKind } from "../autoencoders/autoencoder.ts";
+import { type BackendName, loadBackend } from "../runtime/backend.ts";
 import { ClassNames, parseClassSelection } from "./classes.ts";
-import { DiT } from "./dit.ts";
-import { sample, type SamplerName } from "./flow.ts";
-import { makeGrid, type RawImage, tensorToRaw, toPng, writePng } from "./image.ts";
-import { Rng } from "./rng.ts";
-import { readWeightsConfig, type WeightsConfig } from "./weights_config.ts";
+import { DiT } from "../model/dit.ts";
+import { sample, type SamplerName } from "../model/flow.ts";
+import { makeGrid, type RawImage, tensorToRaw, toPng, writePng } from "../io/image.ts";
+import { Rng } from "../runtime/rng.ts";
+import { readWeightsConfig, type WeightsConfig } from "../model/weights.ts";
 
 /** Options of {@link AnthosPipeline.load}. */
 export interface PipelineLoadOptions {
@@ -412,7 +413,7 @@ export class AnthosPipeline {
  * @example
  * ```ts
  * import { imageSeed } from "./pipeline.ts";
- * import { Rng } from "./rng.ts";
+ * import { Rng } from "../runtime/rng.ts";
  * const noise = new Rng(imageSeed(42, 0)).normalArray(32 * 32 * 4); // image 0 of seed 42
  * ```
  */

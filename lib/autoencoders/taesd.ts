@@ -13,10 +13,9 @@
  */
 
 import * as tf from "@tensorflow/tfjs-core";
-import type { Autoencoder } from "./autoencoder.ts";
-import { checkImageBatch, checkLatentBatch } from "./image.ts";
-import { Rng } from "./rng.ts";
-import { type RawTensor, readSafetensors } from "./safetensors.ts";
+import { type Autoencoder, checkImageBatch, checkLatentBatch } from "./autoencoder.ts";
+import { Rng } from "../runtime/rng.ts";
+import { type RawTensor, readSafetensors } from "../io/safetensors.ts";
 
 /** One layer of the sequential encoder/decoder, by its index key in the weight file. */
 type Layer =

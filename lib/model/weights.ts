@@ -7,7 +7,7 @@
 
 import { DEFAULT_CONFIG, type DiTConfig } from "./dit.ts";
 import { SAMPLE_DEFAULTS, type SamplerName } from "./flow.ts";
-import { writeFileAtomic } from "./atomic.ts";
+import { writeFileAtomic } from "../io/fs.ts";
 
 /** The contents of `weights/config.json`. */
 export interface WeightsConfig {
@@ -28,7 +28,7 @@ export interface WeightsConfig {
  *
  * @example
  * ```ts
- * import { defaultWeightsConfig } from "./weights_config.ts";
+ * import { defaultWeightsConfig } from "./weights.ts";
  * defaultWeightsConfig().sampling; // { steps: 50, cfgScale: 4, sampler: "heun" }
  * ```
  */
@@ -46,7 +46,7 @@ export function defaultWeightsConfig(): WeightsConfig {
  *
  * @example
  * ```ts
- * import { readWeightsConfig } from "./weights_config.ts";
+ * import { readWeightsConfig } from "./weights.ts";
  * const cfg = await readWeightsConfig("weights/config.json");
  * cfg.sampling.steps; // 50
  * ```
@@ -89,7 +89,7 @@ export async function readWeightsConfig(path: string): Promise<WeightsConfig> {
  *
  * @example
  * ```ts
- * import { defaultWeightsConfig, writeWeightsConfig } from "./weights_config.ts";
+ * import { defaultWeightsConfig, writeWeightsConfig } from "./weights.ts";
  * await writeWeightsConfig("/tmp/config.json", defaultWeightsConfig());
  * ```
  */

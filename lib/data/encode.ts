@@ -15,11 +15,11 @@
  */
 
 import * as tf from "@tensorflow/tfjs-core";
-import type { Autoencoder } from "./autoencoder.ts";
-import { writeFileAtomic } from "./atomic.ts";
-import { flipHorizontal, type RawImage, rawToTensor, readImageRaw } from "./image.ts";
+import type { Autoencoder } from "../autoencoders/autoencoder.ts";
+import { writeFileAtomic } from "../io/fs.ts";
+import { flipHorizontal, type RawImage, rawToTensor, readImageRaw } from "../io/image.ts";
 import { saveLatents } from "./latents.ts";
-import { readSafetensors, writeSafetensors } from "./safetensors.ts";
+import { readSafetensors, writeSafetensors } from "../io/safetensors.ts";
 
 /** One image to encode. */
 export interface EncodeItem {
@@ -77,7 +77,7 @@ const MANIFEST = "manifest.json";
  *
  * @example
  * ```ts
- * import { loadAutoencoder } from "./autoencoder.ts";
+ * import { loadAutoencoder } from "../autoencoders/load.ts";
  * import { encodeDataset } from "./encode.ts";
  * import { loadOxford } from "./oxford.ts";
  * const ds = await loadOxford("../shared/data/oxford102", { splits: ["train"] });
@@ -250,7 +250,7 @@ export async function encodeDataset(
  *
  * @example
  * ```ts
- * import { loadAutoencoder } from "./autoencoder.ts";
+ * import { loadAutoencoder } from "../autoencoders/load.ts";
  * import { scalingFactor } from "./encode.ts";
  * scalingFactor(await loadAutoencoder("taesd", { dir: "../shared/weights/taesd" })); // 0.18215
  * ```

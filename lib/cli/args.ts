@@ -10,7 +10,7 @@
  * @module
  */
 
-import { editDistance } from "./classes.ts";
+import { editDistance } from "../pipeline/classes.ts";
 
 /** The kind of value a flag takes. */
 export type OptionType = "string" | "boolean" | "number" | "integer";
@@ -82,7 +82,7 @@ export interface ParsedCommand<O extends Readonly<Record<string, OptionSpec>>> {
  *
  * @example
  * ```ts
- * import { BACKEND_OPTION, parseCommand } from "./cli.ts";
+ * import { BACKEND_OPTION, parseCommand } from "./args.ts";
  * const spec = { name: "deno task x", description: "x", options: { backend: BACKEND_OPTION } } as const;
  * parseCommand(spec, ["--backend", "webgpu"]).values.backend; // "webgpu"
  * ```
@@ -102,7 +102,7 @@ export const BACKEND_OPTION: {
  *
  * @example
  * ```ts
- * import { CliError } from "./cli.ts";
+ * import { CliError } from "./args.ts";
  * throw new CliError("--steps must be a positive integer, got -1");
  * ```
  */
@@ -115,7 +115,7 @@ export class CliError extends Error {
  *
  * @example
  * ```ts
- * import { parseCommand } from "./cli.ts";
+ * import { parseCommand } from "./args.ts";
  * const spec = {
  *   name: "deno task train",
  *   description: "Trains a model.",
@@ -212,7 +212,7 @@ export function parseCommand<const S extends CommandSpec>(
  *
  * @example
  * ```ts
- * import { helpText } from "./cli.ts";
+ * import { helpText } from "./args.ts";
  * console.log(helpText({
  *   name: "deno task convert",
  *   description: "Exports a checkpoint.",
@@ -248,7 +248,7 @@ export function helpText(spec: CommandSpec): string {
  *
  * @example
  * ```ts
- * import { parseArgs } from "./cli.ts";
+ * import { parseArgs } from "./args.ts";
  * const { values } = parseArgs({
  *   name: "deno task encode",
  *   description: "Encodes the dataset.",
@@ -274,7 +274,7 @@ export function parseArgs<const S extends CommandSpec>(
  *
  * @example
  * ```ts
- * import { runMain } from "./cli.ts";
+ * import { runMain } from "./args.ts";
  * if (import.meta.main) runMain(async () => { console.log("hi"); return 0; });
  * ```
  */
@@ -296,7 +296,7 @@ export async function runMain(main: () => Promise<number | void>): Promise<never
  *
  * @example
  * ```ts
- * import { isQuick } from "./cli.ts";
+ * import { isQuick } from "./args.ts";
  * const steps = isQuick() ? 4 : 300;
  * ```
  */
@@ -309,7 +309,7 @@ export function isQuick(): boolean {
  *
  * @example
  * ```ts
- * import { envFlag } from "./cli.ts";
+ * import { envFlag } from "./args.ts";
  * envFlag("CI");
  * ```
  */
@@ -328,7 +328,7 @@ export function envFlag(name: string): boolean {
  *
  * @example
  * ```ts
- * import { splitList } from "./cli.ts";
+ * import { splitList } from "./args.ts";
  * splitList(" train, val ,"); // ["train", "val"]
  * ```
  */

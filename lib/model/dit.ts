@@ -26,8 +26,8 @@ import {
   modulateFused,
   swigluGate,
 } from "./kernels.ts";
-import { Rng } from "./rng.ts";
-import { readSafetensors, type TensorToWrite, writeSafetensors } from "./safetensors.ts";
+import { Rng } from "../runtime/rng.ts";
+import { readSafetensors, type TensorToWrite, writeSafetensors } from "../io/safetensors.ts";
 
 // ---------------------------------------------------------------- configuration
 

@@ -7,10 +7,10 @@
  */
 
 import * as tf from "@tensorflow/tfjs-core";
-import { randomNoise, sample } from "./flow.ts";
-import { Trainer } from "./trainer.ts";
-import type { LatentDataset } from "./latents.ts";
-import { Rng } from "./rng.ts";
+import { randomNoise, sample } from "../lib/model/flow.ts";
+import { Trainer } from "../lib/training/trainer.ts";
+import type { LatentDataset } from "../lib/data/latents.ts";
+import { Rng } from "../lib/runtime/rng.ts";
 
 /** One training-throughput measurement. */
 export interface TrainBenchRow {
@@ -29,8 +29,8 @@ export interface TrainBenchRow {
  *
  * @example
  * ```ts
- * import { loadBackend } from "./backend.ts";
- * import { benchTraining } from "./bench.ts";
+ * import { loadBackend } from "../lib/runtime/backend.ts";
+ * import { benchTraining } from "./dit.ts";
  * await loadBackend("wasm");
  * const row = await benchTraining(32, { steps: 3 });
  * ```
@@ -88,8 +88,8 @@ export interface SampleBenchRow {
  *
  * @example
  * ```ts
- * import { loadBackend } from "./backend.ts";
- * import { benchSampling } from "./bench.ts";
+ * import { loadBackend } from "../lib/runtime/backend.ts";
+ * import { benchSampling } from "./dit.ts";
  * await loadBackend("wasm");
  * const row = await benchSampling(8, { timedSteps: 2 });
  * ```
@@ -98,7 +98,7 @@ export async function benchSampling(
   batch: number,
   options: { timedSteps?: number; fullSteps?: number } = {},
 ): Promise<SampleBenchRow> {
-  const { DiT } = await import("./dit.ts");
+  const { DiT } = await import("../lib/model/dit.ts");
   const model = DiT.create({}, { seed: 0 });
   const timedSteps = options.timedSteps ?? 3;
   const fullSteps = options.fullSteps ?? 50;
@@ -144,7 +144,7 @@ export interface TorchBenchRow {
  *
  * @example
  * ```ts
- * import { runTorchAnchor } from "./bench.ts";
+ * import { runTorchAnchor } from "./dit.ts";
  * const torch = await runTorchAnchor("../shared/bench/bench_torch_cpu.py", { batch: 32, threads: 2 });
  * ```
  */

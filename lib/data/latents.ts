@@ -9,7 +9,7 @@
  */
 
 import * as tf from "@tensorflow/tfjs-core";
-import { readSafetensors, writeSafetensors } from "./safetensors.ts";
+import { readSafetensors, writeSafetensors } from "../io/safetensors.ts";
 
 /** A latent dataset held on the backend's device. */
 export interface LatentDataset {

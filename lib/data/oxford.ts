@@ -12,8 +12,8 @@
  * @module
  */
 
-import { anthosHome, downloadFile } from "./download.ts";
-import { loadMat, type MatArray } from "./matlab.ts";
+import { anthosHome, downloadFile } from "../io/download.ts";
+import { loadMat, type MatArray } from "../io/matlab.ts";
 
 /** The three official splits. */
 export type OxfordSplit = "train" | "val" | "test";

@@ -10,7 +10,7 @@
  * @module
  */
 
-import { writeFileAtomic } from "./atomic.ts";
+import { writeFileAtomic } from "./fs.ts";
 
 /** Element types Anthos reads. Floats are written as F32 unless asked otherwise. */
 export type DType = "F32" | "F16" | "BF16" | "F64" | "I32" | "I64" | "I16" | "I8" | "U8" | "BOOL";

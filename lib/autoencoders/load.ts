@@ -1,6 +1,5 @@
 /**
- * The autoencoder interface Anthos trains and samples through, and {@link loadAutoencoder},
- * which finds the weights: a local folder, the Anthos cache, or (for the SD VAE) the Hugging
+ * {@link loadAutoencoder}, which finds an autoencoder's weights: a local folder, the Anthos cache, or (for the SD VAE) the Hugging
  * Face hub on first use.
  *
  * Both autoencoders map `[N, 256, 256, 3]` images in [0, 1] to *scaled* latents `[N, 32, 32, 4]`
@@ -12,34 +11,11 @@
  * @module
  */
 
-import { exists } from "./atomic.ts";
-import type * as tf from "@tensorflow/tfjs-core";
-import { AutoencoderKL } from "./autoencoder_kl.ts";
-import { anthosHome, downloadFile } from "./download.ts";
+import { exists } from "../io/fs.ts";
+import { type Autoencoder, type AutoencoderKind, AUTOENCODERS } from "./autoencoder.ts";
+import { AutoencoderKL } from "./kl.ts";
+import { anthosHome, downloadFile } from "../io/download.ts";
 import { Taesd } from "./taesd.ts";
-
-/** The autoencoders Anthos knows. */
-export type AutoencoderKind = "taesd" | "sd-vae-ft-ema";
-
-/** Options of {@link Autoencoder.encode}. */
-export interface EncodeOptions {
-  /** AutoencoderKL only: draw from the posterior instead of taking its mean (needs `seed`). */
-  sample?: boolean;
-  /** Seed of the posterior draw. */
-  seed?: number;
-}
-
-/** An image autoencoder: NHWC images in [0, 1] <-> NHWC scaled latents. */
-export interface Autoencoder {
-  /** Which autoencoder this is. */
-  readonly kind: AutoencoderKind;
-  /** `[N, 256, 256, 3]` images in [0, 1] -> scaled latents `[N, 32, 32, 4]` (caller disposes). */
-  encode(images: tf.Tensor4D, options?: EncodeOptions): tf.Tensor4D;
-  /** Scaled latents `[N, 32, 32, 4]` -> images `[N, 256, 256, 3]` clipped to [0, 1]. */
-  decode(latents: tf.Tensor4D): tf.Tensor4D;
-  /** Frees the weights. */
-  dispose(): void;
-}
 
 /** Options of {@link loadAutoencoder}. */
 export interface LoadAutoencoderOptions {
@@ -56,9 +32,9 @@ export interface LoadAutoencoderOptions {
 }
 
 /** Hub repository of the SD VAE. */
-export const SD_VAE_REPO = "stabilityai/sd-vae-ft-ema";
-const SD_VAE_FILES = ["config.json", "diffusion_pytorch_model.safetensors"];
-const TAESD_FILES = ["taesd_encoder.safetensors", "taesd_decoder.safetensors"];
+export const SD_VAE_REPO: string = AUTOENCODERS["sd-vae-ft-ema"].hubRepo;
+const SD_VAE_FILES = AUTOENCODERS["sd-vae-ft-ema"].files;
+const TAESD_FILES = AUTOENCODERS["taesd"].files;
 
 /**
  * Loads an autoencoder. With `dir` the files are read from there. Without it, "sd-vae-ft-ema"
@@ -69,7 +45,7 @@ const TAESD_FILES = ["taesd_encoder.safetensors", "taesd_decoder.safetensors"];
  * @example
  * ```ts
  * import * as tf from "@tensorflow/tfjs-core";
- * import { loadAutoencoder } from "./autoencoder.ts";
+ * import { loadAutoencoder } from "./load.ts";
  * const vae = await loadAutoencoder("taesd", { dir: "../shared/weights/taesd" });
  * const lat = vae.encode(tf.zeros([1, 256, 256, 3])); // [1, 32, 32, 4]
  * const rgb = vae.decode(lat);                         // [1, 256, 256, 3]

@@ -18,10 +18,14 @@
  */
 
 import * as tf from "@tensorflow/tfjs-core";
-import type { Autoencoder, EncodeOptions } from "./autoencoder.ts";
-import { checkImageBatch, checkLatentBatch } from "./image.ts";
-import { Rng } from "./rng.ts";
-import { type RawTensor, readSafetensors } from "./safetensors.ts";
+import {
+  type Autoencoder,
+  checkImageBatch,
+  checkLatentBatch,
+  type EncodeOptions,
+} from "./autoencoder.ts";
+import { Rng } from "../runtime/rng.ts";
+import { type RawTensor, readSafetensors } from "../io/safetensors.ts";
 
 /** The config.json fields this implementation reads (diffusers names). */
 export interface AutoencoderKLConfig {
@@ -76,7 +80,7 @@ const LEGACY: Record<string, string> = {
  * @example
  * ```ts
  * import * as tf from "@tensorflow/tfjs-core";
- * import { AutoencoderKL } from "./autoencoder_kl.ts";
+ * import { AutoencoderKL } from "./kl.ts";
  * const vae = await AutoencoderKL.load("../shared/spec/golden_vae/kl");
  * const lat = vae.encode(tf.zeros([1, 64, 64, 3]));   // [1, 8, 8, 4]
  * const rgb = vae.decode(lat);                        // [1, 64, 64, 3] in [0, 1]
@@ -101,7 +105,7 @@ export class AutoencoderKL implements Autoencoder {
    *
    * @example
    * ```ts
-   * import { AutoencoderKL } from "./autoencoder_kl.ts";
+   * import { AutoencoderKL } from "./kl.ts";
    * const vae = await AutoencoderKL.load("../shared/spec/golden_vae/kl");
    * ```
    */
@@ -137,8 +141,8 @@ export class AutoencoderKL implements Autoencoder {
    *
    * @example
    * ```ts
-   * import { AutoencoderKL, parseKLConfig } from "./autoencoder_kl.ts";
-   * import { readSafetensors } from "./safetensors.ts";
+   * import { AutoencoderKL, parseKLConfig } from "./kl.ts";
+   * import { readSafetensors } from "../io/safetensors.ts";
    * const dir = "../shared/spec/golden_vae/kl";
    * const cfg = parseKLConfig(JSON.parse(await Deno.readTextFile(`${dir}/config.json`)));
    * const { tensors } = await readSafetensors(`${dir}/diffusion_pytorch_model.safetensors`);
@@ -187,7 +191,7 @@ export class AutoencoderKL implements Autoencoder {
    *
    * @example
    * ```ts
-   * import { AutoencoderKL, SD_VAE_FT_EMA_CONFIG } from "./autoencoder_kl.ts";
+   * import { AutoencoderKL, SD_VAE_FT_EMA_CONFIG } from "./kl.ts";
    * const vae = AutoencoderKL.random(SD_VAE_FT_EMA_CONFIG, { seed: 0 });
    * ```
    */
@@ -218,7 +222,7 @@ export class AutoencoderKL implements Autoencoder {
    * @example
    * ```ts
    * import * as tf from "@tensorflow/tfjs-core";
-   * import { AutoencoderKL } from "./autoencoder_kl.ts";
+   * import { AutoencoderKL } from "./kl.ts";
    * const vae = await AutoencoderKL.load("../shared/spec/golden_vae/kl");
    * const z = vae.encode(tf.zeros([1, 64, 64, 3]), { sample: true, seed: 1 });
    * ```
@@ -248,7 +252,7 @@ export class AutoencoderKL implements Autoencoder {
    * @example
    * ```ts
    * import * as tf from "@tensorflow/tfjs-core";
-   * import { AutoencoderKL } from "./autoencoder_kl.ts";
+   * import { AutoencoderKL } from "./kl.ts";
    * const vae = await AutoencoderKL.load("../shared/spec/golden_vae/kl");
    * const { mean, logvar } = vae.posterior(tf.zeros([1, 64, 64, 3]));
    * ```
@@ -279,7 +283,7 @@ export class AutoencoderKL implements Autoencoder {
    * @example
    * ```ts
    * import * as tf from "@tensorflow/tfjs-core";
-   * import { AutoencoderKL } from "./autoencoder_kl.ts";
+   * import { AutoencoderKL } from "./kl.ts";
    * const vae = await AutoencoderKL.load("../shared/spec/golden_vae/kl");
    * const rgb = vae.decode(tf.zeros([1, 8, 8, 4]));
    * ```
@@ -303,7 +307,7 @@ export class AutoencoderKL implements Autoencoder {
    * @example
    * ```ts
    * import * as tf from "@tensorflow/tfjs-core";
-   * import { AutoencoderKL } from "./autoencoder_kl.ts";
+   * import { AutoencoderKL } from "./kl.ts";
    * const vae = await AutoencoderKL.load("../shared/spec/golden_vae/kl");
    * const x = vae.decodeRaw(tf.zeros([1, 8, 8, 4])); // [1, 64, 64, 3]
    * ```
@@ -435,7 +439,7 @@ export class AutoencoderKL implements Autoencoder {
  *
  * @example
  * ```ts
- * import { parseKLConfig } from "./autoencoder_kl.ts";
+ * import { parseKLConfig } from "./kl.ts";
  * const cfg = parseKLConfig({ block_out_channels: [128, 256, 512, 512], layers_per_block: 2 });
  * ```
  */
@@ -508,7 +512,7 @@ export function parseKLConfig(json: unknown, source = "config.json"): Autoencode
  *
  * @example
  * ```ts
- * import { klWeightShapes, SD_VAE_FT_EMA_CONFIG } from "./autoencoder_kl.ts";
+ * import { klWeightShapes, SD_VAE_FT_EMA_CONFIG } from "./kl.ts";
  * const shapes = klWeightShapes(SD_VAE_FT_EMA_CONFIG); // 248 keys
  * shapes.get("encoder.conv_in.weight"); // [128, 3, 3, 3]
  * ```

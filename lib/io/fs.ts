@@ -11,7 +11,7 @@
  *
  * @example
  * ```ts
- * import { writeFileAtomic } from "./atomic.ts";
+ * import { writeFileAtomic } from "./fs.ts";
  * await writeFileAtomic("/tmp/anthos-example.bin", new Uint8Array([1, 2, 3]));
  * ```
  */
@@ -46,7 +46,7 @@ export async function writeFileAtomic(
  *
  * @example
  * ```ts
- * import { dirname } from "./atomic.ts";
+ * import { dirname } from "./fs.ts";
  * dirname("weights/model.safetensors"); // "weights"
  * ```
  */
@@ -60,7 +60,7 @@ export function dirname(path: string): string {
  *
  * @example
  * ```ts
- * import { exists } from "./atomic.ts";
+ * import { exists } from "./fs.ts";
  * if (!(await exists("weights/model.safetensors"))) console.log("no weights yet");
  * ```
  */

@@ -10,7 +10,7 @@
 
 import * as tf from "@tensorflow/tfjs-core";
 import { type ClassIds, type DiT, nullClassId } from "./dit.ts";
-import { Rng } from "./rng.ts";
+import { Rng } from "../runtime/rng.ts";
 
 /** A training batch for the flow objective. */
 export interface FlowBatch {
@@ -32,7 +32,7 @@ export interface FlowBatch {
  * ```ts
  * import * as tf from "@tensorflow/tfjs-core";
  * import { flowBatch } from "./flow.ts";
- * import { Rng } from "./rng.ts";
+ * import { Rng } from "../runtime/rng.ts";
  * const batch = flowBatch(tf.zeros([2, 32, 32, 4]), { y: [3, 5], rng: new Rng(0) });
  * ```
  */
@@ -66,7 +66,7 @@ export function flowBatch(
  * ```ts
  * import * as tf from "@tensorflow/tfjs-core";
  * import { disposeBatch, flowBatch } from "./flow.ts";
- * import { Rng } from "./rng.ts";
+ * import { Rng } from "../runtime/rng.ts";
  * const batch = flowBatch(tf.zeros([2, 32, 32, 4]), { y: [1, 2], rng: new Rng(0) });
  * disposeBatch(batch);
  * ```
@@ -82,7 +82,7 @@ export function disposeBatch(b: FlowBatch): void {
  * ```ts
  * import { DiT } from "./dit.ts";
  * import { flowBatch, flowLoss } from "./flow.ts";
- * import { Rng } from "./rng.ts";
+ * import { Rng } from "../runtime/rng.ts";
  * import * as tf from "@tensorflow/tfjs-core";
  * const model = DiT.create();
  * const batch = flowBatch(tf.randomNormal([2, 32, 32, 4]), { y: [1, 2], rng: new Rng(1) });

@@ -7,10 +7,10 @@
  * @module
  */
 
-import { DiT, type DiTConfig } from "./dit.ts";
-import { readSafetensors, serializeSafetensors, type TensorToWrite } from "./safetensors.ts";
-import { writeFileAtomic } from "./atomic.ts";
-import { defaultWeightsConfig, type WeightsConfig, writeWeightsConfig } from "./weights_config.ts";
+import { DiT, type DiTConfig } from "../model/dit.ts";
+import { readSafetensors, serializeSafetensors, type TensorToWrite } from "../io/safetensors.ts";
+import { writeFileAtomic } from "../io/fs.ts";
+import { defaultWeightsConfig, type WeightsConfig, writeWeightsConfig } from "../model/weights.ts";
 
 /** Options of {@link exportCheckpoint}. */
 export interface ExportOptions {

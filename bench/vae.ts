@@ -8,9 +8,9 @@
  */
 
 import * as tf from "@tensorflow/tfjs-core";
-import type { Autoencoder, AutoencoderKind } from "./autoencoder.ts";
-import { AutoencoderKL, SD_VAE_FT_EMA_CONFIG } from "./autoencoder_kl.ts";
-import { Taesd } from "./taesd.ts";
+import type { Autoencoder, AutoencoderKind } from "../lib/autoencoders/autoencoder.ts";
+import { AutoencoderKL, SD_VAE_FT_EMA_CONFIG } from "../lib/autoencoders/kl.ts";
+import { Taesd } from "../lib/autoencoders/taesd.ts";
 
 /** One benchmark result. */
 export interface VaeBenchRow {
@@ -51,8 +51,8 @@ export interface BenchVaeOptions {
  *
  * @example
  * ```ts
- * import { loadBackend } from "./backend.ts";
- * import { benchAutoencoders } from "./bench_vae.ts";
+ * import { loadBackend } from "../lib/runtime/backend.ts";
+ * import { benchAutoencoders } from "./vae.ts";
  * await loadBackend("wasm");
  * const rows = await benchAutoencoders({ models: ["taesd"], taesdDir: "../shared/weights/taesd" });
  * console.table(rows);

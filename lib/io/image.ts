@@ -19,7 +19,7 @@
 import * as tf from "@tensorflow/tfjs-core";
 import { Buffer } from "node:buffer";
 import sharp from "sharp";
-import { writeFileAtomic } from "./atomic.ts";
+import { writeFileAtomic } from "./fs.ts";
 
 /** 8-bit interleaved pixels (row-major, channels last). */
 export interface RawImage {
@@ -329,61 +329,6 @@ export async function makeGrid(
     create: { width, height, channels: 3, background: options.background ?? "#ffffff" },
   }).composite(layers).png().toBuffer();
   return new Uint8Array(buf.buffer, buf.byteOffset, buf.byteLength);
-}
-
-/**
- * Checks that `images` is an NHWC float batch of `[N, size, size, 3]`, with an error that names
- * the expected shape. Used by the autoencoders.
- *
- * @example
- * ```ts
- * import * as tf from "@tensorflow/tfjs-core";
- * import { checkImageBatch } from "./image.ts";
- * checkImageBatch(tf.zeros([2, 256, 256, 3]), { size: 256 }); // ok
- * ```
- */
-export function checkImageBatch(images: tf.Tensor, options: { size?: number } = {}): void {
-  const s = images.shape;
-  const size = options.size;
-  const want = size ? `[N, ${size}, ${size}, 3]` : "[N, H, W, 3]";
-  const hint = s.length === 3
-    ? " Add the batch axis with tf.stack([img]) or tf.expandDims(img, 0)."
-    : s.length === 4 && s[1] === 3
-    ? " This looks like NCHW: images are NHWC (channels last)."
-    : "";
-  if (s.length !== 4 || s[3] !== 3 || (size !== undefined && (s[1] !== size || s[2] !== size))) {
-    throw new ImageError(
-      `expected images of shape ${want} (NHWC, RGB in [0, 1]), got [${s}].${hint}`,
-    );
-  }
-  if (s[0] < 1) throw new ImageError(`expected at least one image, got an empty batch [${s}]`);
-  if (images.dtype !== "float32") {
-    throw new ImageError(`expected float32 images in [0, 1], got ${images.dtype}: divide by 255`);
-  }
-}
-
-/**
- * Checks a batch of latents for an autoencoder's decoder: `[N, h, w, channels]` float32 (NHWC),
- * with an error that names the expected shape and the fix.
- *
- * @example
- * ```ts
- * import * as tf from "@tensorflow/tfjs-core";
- * import { checkLatentBatch } from "./image.ts";
- * checkLatentBatch(tf.zeros([2, 32, 32, 4]), 4); // ok
- * ```
- */
-export function checkLatentBatch(latents: tf.Tensor, channels: number): void {
-  const s = latents.shape;
-  if (s.length !== 4 || s[3] !== channels || s[0] < 1) {
-    const hint = s.length === 3 ? " Add the batch axis with tf.expandDims(latents, 0)." : "";
-    throw new Error(
-      `expected latents of shape [N, 32, 32, ${channels}] (NHWC; any h, w), got [${s}].${hint}`,
-    );
-  }
-  if (latents.dtype !== "float32") {
-    throw new Error(`expected float32 latents, got ${latents.dtype}`);
-  }
 }
 
 function checkRaw(r: RawImage): void {

@@ -12,7 +12,7 @@
 
 import { createHash, type Hash } from "node:crypto";
 import { homedir } from "node:os";
-import { dirname } from "./atomic.ts";
+import { dirname } from "./fs.ts";
 
 /** Options of {@link downloadFile}. */
 export interface DownloadOptions {

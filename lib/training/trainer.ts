@@ -19,11 +19,11 @@ import {
   nullClassId,
   PRESETS,
   toTorchLayout,
-} from "./dit.ts";
-import { disposeBatch, type FlowBatch, flowBatch, flowLoss } from "./flow.ts";
-import type { LatentDataset } from "./latents.ts";
-import { Rng } from "./rng.ts";
-import { readSafetensors, type TensorToWrite, writeSafetensors } from "./safetensors.ts";
+} from "../model/dit.ts";
+import { disposeBatch, type FlowBatch, flowBatch, flowLoss } from "../model/flow.ts";
+import type { LatentDataset } from "../data/latents.ts";
+import { Rng } from "../runtime/rng.ts";
+import { readSafetensors, type TensorToWrite, writeSafetensors } from "../io/safetensors.ts";
 
 // ---------------------------------------------------------------- configuration
 
@@ -126,7 +126,7 @@ export function learningRate(
  * @example
  * ```ts
  * import { NonFiniteLossError, Trainer } from "./trainer.ts";
- * import { loadLatents } from "./latents.ts";
+ * import { loadLatents } from "../data/latents.ts";
  * try {
  *   await new Trainer({ preset: "smoke" }).fit(await loadLatents("runs/latents.safetensors"));
  * } catch (e) {
@@ -147,7 +147,7 @@ export class NonFiniteLossError extends Error {
  * @example
  * ```ts
  * import { Trainer } from "./trainer.ts";
- * import { loadLatents } from "./latents.ts";
+ * import { loadLatents } from "../data/latents.ts";
  * const data = await loadLatents("runs/latents.safetensors");
  * const trainer = new Trainer({ preset: "smoke", steps: 100 });
  * await trainer.fit(data, { onStep: (s) => console.log(s.step, s.loss) });

@@ -1,0 +1,148 @@
+/**
+ * The autoencoder interface Anthos trains and samples through, and the registry of the
+ * autoencoders it knows (name, latent scaling factor, weight files): the one place that knows
+ * these constants.
+ *
+ * Both autoencoders map `[N, 256, 256, 3]` images in [0, 1] to *scaled* latents `[N, 32, 32, 4]`
+ * (unit-ish variance, the space the DiT models) and back:
+ * - "sd-vae-ft-ema" (`AutoencoderKL`): encode = posterior mean * scaling_factor;
+ *   decode(l) = clip((decoder(post_quant_conv(l / scaling_factor)) + 1) / 2, 0, 1).
+ * - "taesd" (`Taesd`): encode = encoder(image); decode(l) = clip(decoder(l), 0, 1).
+ *
+ * @module
+ */
+
+import type * as tf from "@tensorflow/tfjs-core";
+
+/** What the registry knows of one autoencoder. */
+export interface AutoencoderInfo {
+  /** The name used by flags, configs and latent-cache metadata. */
+  readonly name: string;
+  /** One line for `--help` and docs. */
+  readonly description: string;
+  /**
+   * The latent scaling factor: SD-VAE posterior * factor = the latents the DiT models. TAESD
+   * outputs that scaled space directly, so its factor is the SD VAE's as well.
+   */
+  readonly scalingFactor: number;
+  /** Latent channels. */
+  readonly latentChannels: number;
+  /** The weight files a local folder must hold. */
+  readonly files: readonly string[];
+  /** Hub repository the files come from, if they can be downloaded. */
+  readonly hubRepo?: string;
+}
+
+/** SD 1.x's latent scaling factor (`vae.config.scaling_factor`). */
+export const SD_SCALING_FACTOR = 0.18215;
+
+/** The autoencoders Anthos knows, by name. */
+export const AUTOENCODERS = {
+  "taesd": {
+    name: "taesd",
+    description: "TAESD, the tiny distilled SD VAE (fast; previews and small runs)",
+    scalingFactor: SD_SCALING_FACTOR,
+    latentChannels: 4,
+    files: ["taesd_encoder.safetensors", "taesd_decoder.safetensors"],
+  },
+  "sd-vae-ft-ema": {
+    name: "sd-vae-ft-ema",
+    description: "the Stable Diffusion VAE stabilityai/sd-vae-ft-ema (the published model's)",
+    scalingFactor: SD_SCALING_FACTOR,
+    latentChannels: 4,
+    files: ["config.json", "diffusion_pytorch_model.safetensors"],
+    hubRepo: "stabilityai/sd-vae-ft-ema",
+  },
+} as const satisfies Record<string, AutoencoderInfo>;
+
+/** The autoencoders Anthos knows. */
+export type AutoencoderKind = keyof typeof AUTOENCODERS;
+
+/** Every {@link AutoencoderKind}, for flag choices and validation. */
+export const AUTOENCODER_KINDS: readonly AutoencoderKind[] = Object.keys(
+  AUTOENCODERS,
+) as AutoencoderKind[];
+
+/** Options of {@link Autoencoder.encode}. */
+export interface EncodeOptions {
+  /** AutoencoderKL only: draw from the posterior instead of taking its mean (needs `seed`). */
+  sample?: boolean;
+  /** Seed of the posterior draw. */
+  seed?: number;
+}
+
+/** An image autoencoder: NHWC images in [0, 1] <-> NHWC scaled latents. */
+export interface Autoencoder {
+  /** Which autoencoder this is. */
+  readonly kind: AutoencoderKind;
+  /** `[N, 256, 256, 3]` images in [0, 1] -> scaled latents `[N, 32, 32, 4]` (caller disposes). */
+  encode(images: tf.Tensor4D, options?: EncodeOptions): tf.Tensor4D;
+  /** Scaled latents `[N, 32, 32, 4]` -> images `[N, 256, 256, 3]` clipped to [0, 1]. */
+  decode(latents: tf.Tensor4D): tf.Tensor4D;
+  /** Frees the weights. */
+  dispose(): void;
+}
+
+/** A tensor of the wrong shape or dtype was given to an autoencoder. */
+export class ShapeError extends Error {
+  /** @param message what was expected and what came */
+  constructor(message: string) {
+    super(message);
+    this.name = "ShapeError";
+  }
+}
+
+/**
+ * Checks that `images` is an NHWC float batch of `[N, size, size, 3]`, with an error that names
+ * the expected shape. Used by the autoencoders.
+ *
+ * @example
+ * ```ts
+ * import * as tf from "@tensorflow/tfjs-core";
+ * import { checkImageBatch } from "./autoencoder.ts";
+ * checkImageBatch(tf.zeros([2, 256, 256, 3]), { size: 256 }); // ok
+ * ```
+ */
+export function checkImageBatch(images: tf.Tensor, options: { size?: number } = {}): void {
+  const s = images.shape;
+  const size = options.size;
+  const want = size ? `[N, ${size}, ${size}, 3]` : "[N, H, W, 3]";
+  const hint = s.length === 3
+    ? " Add the batch axis with tf.stack([img]) or tf.expandDims(img, 0)."
+    : s.length === 4 && s[1] === 3
+    ? " This looks like NCHW: images are NHWC (channels last)."
+    : "";
+  if (s.length !== 4 || s[3] !== 3 || (size !== undefined && (s[1] !== size || s[2] !== size))) {
+    throw new ShapeError(
+      `expected images of shape ${want} (NHWC, RGB in [0, 1]), got [${s}].${hint}`,
+    );
+  }
+  if (s[0] < 1) throw new ShapeError(`expected at least one image, got an empty batch [${s}]`);
+  if (images.dtype !== "float32") {
+    throw new ShapeError(`expected float32 images in [0, 1], got ${images.dtype}: divide by 255`);
+  }
+}
+
+/**
+ * Checks a batch of latents for an autoencoder's decoder: `[N, h, w, channels]` float32 (NHWC),
+ * with an error that names the expected shape and the fix.
+ *
+ * @example
+ * ```ts
+ * import * as tf from "@tensorflow/tfjs-core";
+ * import { checkLatentBatch } from "./autoencoder.ts";
+ * checkLatentBatch(tf.zeros([2, 32, 32, 4]), 4); // ok
+ * ```
+ */
+export function checkLatentBatch(latents: tf.Tensor, channels: number): void {
+  const s = latents.shape;
+  if (s.length !== 4 || s[3] !== channels || s[0] < 1) {
+    const hint = s.length === 3 ? " Add the batch axis with tf.expandDims(latents, 0)." : "";
+    throw new ShapeError(
+      `expected latents of shape [N, 32, 32, ${channels}] (NHWC; any h, w), got [${s}].${hint}`,
+    );
+  }
+  if (latents.dtype !== "float32") {
+    throw new ShapeError(`expected float32 latents, got ${latents.dtype}`);
+  }
+}
