@@ -6,7 +6,7 @@
 
 import { exists } from "../lib/io/fs.ts";
 import { loadAutoencoder } from "../lib/autoencoders/load.ts";
-import { type AutoencoderKind } from "../lib/autoencoders/autoencoder.ts";
+import type { AutoencoderKind } from "../lib/autoencoders/autoencoder.ts";
 import { type BackendName, loadBackend } from "../lib/runtime/backend.ts";
 import { BACKEND_OPTION, isQuick, parseArgs, runMain, splitList } from "../lib/cli/args.ts";
 import { anthosHome } from "../lib/io/download.ts";

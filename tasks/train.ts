@@ -12,7 +12,7 @@
 
 import type * as tf from "@tensorflow/tfjs-core";
 import { loadAutoencoder } from "../lib/autoencoders/load.ts";
-import { type Autoencoder, type AutoencoderKind } from "../lib/autoencoders/autoencoder.ts";
+import type { Autoencoder, AutoencoderKind } from "../lib/autoencoders/autoencoder.ts";
 import { type BackendName, loadBackend } from "../lib/runtime/backend.ts";
 import { ClassNames, parseClassSelection } from "../lib/pipeline/classes.ts";
 import { BACKEND_OPTION, CliError, isQuick, parseArgs, runMain } from "../lib/cli/args.ts";

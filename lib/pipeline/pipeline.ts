@@ -14,7 +14,7 @@
 
 import * as tf from "@tensorflow/tfjs-core";
 import { loadAutoencoder } from "../autoencoders/load.ts";
-import { type Autoencoder, type AutoencoderKind } from "../autoencoders/autoencoder.ts";
+import type { Autoencoder, AutoencoderKind } from "../autoencoders/autoencoder.ts";
 import { type BackendName, loadBackend } from "../runtime/backend.ts";
 import { ClassNames, parseClassSelection } from "./classes.ts";
 import { DiT } from "../model/dit.ts";
