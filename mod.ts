@@ -120,5 +120,5 @@ export {
   type TensorToWrite,
   writeSafetensors,
 } from "./lib/io/safetensors.ts";
-export { Rng, type RngState } from "./lib/runtime/rng.ts";
+export { checkSeed, MAX_SEED, Rng, type RngState } from "./lib/runtime/rng.ts";
 export { readWeightsConfig, type WeightsConfig } from "./lib/model/weights.ts";

@@ -11,6 +11,7 @@ import type { SamplerName } from "../lib/model/flow.ts";
 import { AnthosPipeline } from "../lib/pipeline/pipeline.ts";
 import { formatDuration, ProgressBar } from "../lib/cli/progress.ts";
 import { writeFileAtomic } from "../lib/io/fs.ts";
+import { checkSeed } from "../lib/runtime/rng.ts";
 
 const SPEC = {
   name: "deno task sample",
@@ -24,7 +25,12 @@ const SPEC = {
   }],
   options: {
     "n-per-class": { type: "integer", short: "n", default: 1, description: "images per class" },
-    seed: { type: "integer", short: "s", default: 0, description: "noise seed" },
+    seed: {
+      type: "integer",
+      short: "s",
+      default: 0,
+      description: "noise seed, 0..4294967295 (2^32 - 1)",
+    },
     out: {
       type: "string",
       short: "o",
@@ -92,6 +98,7 @@ async function main(): Promise<number> {
   ) {
     if (v !== undefined && v < 1) throw new CliError(`--${flag} must be at least 1, got ${v}`);
   }
+  checkSeed(o.seed, "--seed");
   const classes = positionals[0] ?? "all";
   const t0 = performance.now();
   const pipe = await AnthosPipeline.load({

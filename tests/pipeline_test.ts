@@ -103,6 +103,9 @@ Deno.test({
       [{ cfgScale: NaN }, /cfgScale must be a number/],
       [{ batchSize: 0 }, /batchSize must be a positive integer/],
       [{ seed: 1.5 }, /seed must be an integer/],
+      // Seeds outside 32 bits would alias 0 and 2^32 - 1 (issue 11, item 3).
+      [{ seed: 2 ** 32 }, /seed must be an integer from 0 to 4294967295/],
+      [{ seed: -1 }, /seed must be an integer from 0 to 4294967295/],
     ];
     const before = tf.memory().numTensors;
     for (const [opts, re] of cases) {

@@ -143,3 +143,21 @@ Deno.test({
     await Deno.remove(empty, { recursive: true });
   },
 });
+
+Deno.test({
+  name: "sample CLI: seeds outside 0..2^32-1 are refused before any work, never aliased",
+  ignore: !ok,
+  fn: async () => {
+    // An empty repo: the seed must be refused before the (missing) weights are even looked at.
+    const empty = await Deno.makeTempDir();
+    for (const seed of ["4294967296", "-1", "1e12"]) {
+      const r = await sampleTask(["rose", "--seed", seed, "--repo-dir", empty]);
+      assertEquals(r.code, 1, r.stderr);
+      assert(r.stderr.includes("--seed must be an integer from 0 to 4294967295"), r.stderr);
+      assert(!r.stderr.includes("model.safetensors"), r.stderr);
+    }
+    const help = await sampleTask(["--help"]);
+    assert(help.stderr.includes("0..4294967295"), help.stderr);
+    await Deno.remove(empty, { recursive: true });
+  },
+});

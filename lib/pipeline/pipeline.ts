@@ -20,7 +20,7 @@ import { ClassNames, parseClassSelection } from "./classes.ts";
 import { DiT } from "../model/dit.ts";
 import { sample, type SamplerName } from "../model/flow.ts";
 import { makeGrid, type RawImage, tensorToRaw, toPng, writePng } from "../io/image.ts";
-import { Rng } from "../runtime/rng.ts";
+import { checkSeed, Rng } from "../runtime/rng.ts";
 import { readWeightsConfig, type WeightsConfig } from "../model/weights.ts";
 
 /** Options of {@link AnthosPipeline.load}. */
@@ -55,7 +55,7 @@ export interface GenerateProgress {
 export interface GenerateOptions {
   /** Images per selected class (default 1). */
   nPerClass?: number;
-  /** Seed of the noise (default 0). */
+  /** Seed of the noise, an integer in 0 ..= 2^32 - 1 (default 0). */
   seed?: number;
   /** Sampling steps (default from config.json, 50 for the published model). */
   steps?: number;
@@ -390,9 +390,7 @@ export class AnthosPipeline {
     positiveInt("steps", o.steps, `use e.g. ${d.steps} (the model's default); fewer is faster`);
     positiveInt("batchSize", o.batchSize, "use e.g. 16 (larger uses more memory)");
     positiveInt("decodeBatchSize", o.decodeBatchSize, "use e.g. 4");
-    if (!Number.isInteger(o.seed)) {
-      throw new RangeError(`seed must be an integer, got ${o.seed}`);
-    }
+    checkSeed(o.seed, "seed");
     if (typeof o.cfgScale !== "number" || !Number.isFinite(o.cfgScale) || o.cfgScale < 0) {
       throw new RangeError(
         `cfgScale must be a number >= 0, got ${o.cfgScale}: 1 = no guidance, ` +
@@ -413,7 +411,7 @@ export class AnthosPipeline {
  * @example
  * ```ts
  * import { imageSeed } from "./pipeline.ts";
- * import { Rng } from "../runtime/rng.ts";
+ * import { checkSeed, Rng } from "../runtime/rng.ts";
  * const noise = new Rng(imageSeed(42, 0)).normalArray(32 * 32 * 4); // image 0 of seed 42
  * ```
  */

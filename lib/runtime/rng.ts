@@ -9,6 +9,34 @@
  * @module
  */
 
+/** The largest seed: seeds are 32-bit unsigned integers, 0 ..= 2^32 - 1. */
+export const MAX_SEED = 0xffffffff;
+
+/**
+ * The one rule for user-given seeds: an integer from 0 to {@link MAX_SEED} (2^32 - 1). The
+ * generator has 32 bits of seed, so a larger or negative seed would silently alias another one
+ * (`2^32` would give the images of `0`, `-1` those of `2^32 - 1`); such seeds are refused
+ * instead. Returns the seed; throws a `RangeError` naming `what` (a flag or option name) otherwise.
+ *
+ * @example
+ * ```ts
+ * import { checkSeed } from "./rng.ts";
+ * checkSeed(42, "--seed"); // 42
+ * checkSeed(2 ** 32, "--seed"); // throws RangeError: --seed must be an integer from 0 to 4294967295 ...
+ * ```
+ */
+export function checkSeed(seed: number, what = "seed"): number {
+  if (typeof seed !== "number" || !Number.isInteger(seed) || seed < 0 || seed > MAX_SEED) {
+    throw new RangeError(
+      `${what} must be an integer from 0 to ${MAX_SEED} (2^32 - 1), got ${
+        typeof seed === "number" ? seed : JSON.stringify(seed)
+      }: seeds are 32-bit, so a larger or negative seed would silently repeat another one's ` +
+        `results; pick a seed in that range`,
+    );
+  }
+  return seed;
+}
+
 /** Serializable state of an {@link Rng}: four 32-bit words plus a cached normal. */
 export interface RngState {
   /** The xoshiro128** state words. */
@@ -33,7 +61,10 @@ export class Rng {
   #s: Uint32Array = new Uint32Array(4);
   #spare: number | null = null;
 
-  /** Seeds the generator; any integer (or a float, truncated) works. */
+  /**
+   * Seeds the generator. Any number works here (truncated, then taken modulo 2^32, so `2^32`
+   * seeds like `0`); validate user-given seeds with {@link checkSeed} first so they never alias.
+   */
   constructor(seed = 0) {
     let x = (Math.trunc(seed) >>> 0) ^ 0x9e3779b9;
     for (let i = 0; i < 4; i++) {
