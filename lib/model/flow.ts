@@ -51,11 +51,33 @@ export function flowBatch(
   for (let i = 0; i < n; i++) y[i] = rng.uniform() < dropout ? nullId : labels[i];
   const noiseValues = rng.normalArray(data.size);
   return tf.tidy(() => {
-    const noise = tf.tensor(noiseValues, data.shape, "float32"); // [N, H, W, C]
+    const noise = tf.tensor(noiseValues, data.shape, "float32") as tf.Tensor4D; // [N, H, W, C]
     const tt = tf.tensor1d(t, "float32");
-    const t4 = tf.reshape(tt, [n, 1, 1, 1]);
-    const xt = tf.add(tf.mul(tf.sub(1, t4), noise), tf.mul(t4, data)) as tf.Tensor4D;
-    return { xt, t: tt, y: tf.tensor1d(y, "int32"), v: tf.sub(data, noise) as tf.Tensor4D };
+    const { xt, v } = flowTargets(data, noise, tt);
+    return { xt, t: tt, y: tf.tensor1d(y, "int32"), v };
+  });
+}
+
+/**
+ * The point on the straight path and its velocity: x_t = (1 - t) * noise + t * data and
+ * v = data - noise (the one place the path is defined; training and validation share it).
+ *
+ * @example
+ * ```ts
+ * import * as tf from "@tensorflow/tfjs-core";
+ * import { flowTargets } from "./flow.ts";
+ * const { xt, v } = flowTargets(tf.ones([1, 2, 2, 4]), tf.zeros([1, 2, 2, 4]), tf.tensor1d([0.25]));
+ * ```
+ */
+export function flowTargets(
+  data: tf.Tensor4D,
+  noise: tf.Tensor4D,
+  t: tf.Tensor1D,
+): { xt: tf.Tensor4D; v: tf.Tensor4D } {
+  return tf.tidy(() => {
+    const t4 = tf.reshape(t, [t.shape[0], 1, 1, 1]); // [N, 1, 1, 1]
+    const xt = tf.add(tf.mul(tf.sub(1, t4), noise), tf.mul(t4, data)) as tf.Tensor4D; // [N, H, W, C]
+    return { xt, v: tf.sub(data, noise) as tf.Tensor4D };
   });
 }
 
