@@ -91,7 +91,10 @@ const DECODER: Layer[] = [
   conv(19, 64, 3),
 ];
 
-/** Where the weights come from: a folder, or the two files' bytes. */
+/**
+ * Where the weights come from: a folder, or the files' bytes. `{ decoder }` alone gives a
+ * decode-only TAESD (what sampling needs; the browser demo downloads just the decoder).
+ */
 export interface TaesdSource {
   /** Folder holding `taesd_encoder.safetensors` and `taesd_decoder.safetensors`. */
   dir?: string;
@@ -148,8 +151,10 @@ export class Taesd implements Autoencoder {
       return { bytes: `${source.dir}/taesd_${part}.safetensors`, name: `taesd_${part}` };
     };
     const weights = new Map<string, tf.Tensor>();
+    const decodeOnly = source.decoder !== undefined && !source.encoder && !source.dir;
     try {
       for (const [part, layers] of [["encoder", ENCODER], ["decoder", DECODER]] as const) {
+        if (part === "encoder" && decodeOnly) continue;
         const f = file(part);
         const where = typeof f.bytes === "string" ? f.bytes : `${f.name} bytes`;
         const { tensors } = await readSafetensors(f.bytes, { what: `TAESD ${part} weights` });
@@ -206,6 +211,12 @@ export class Taesd implements Autoencoder {
     if (h % 8 !== 0 || w % 8 !== 0) {
       throw new Error(
         `TAESD needs image sides that are multiples of 8, got ${h}x${w}: resize to 256x256`,
+      );
+    }
+    if (this.#w.size > 0 && !this.#w.has("encoder.0.weight")) {
+      throw new Error(
+        "this TAESD was loaded decode-only ({ decoder } bytes): load it with { dir } or " +
+          "{ encoder, decoder } to encode images",
       );
     }
     return tf.tidy(() => this.#run(images, ENCODER, "encoder"));

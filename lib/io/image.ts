@@ -20,18 +20,10 @@ import * as tf from "@tensorflow/tfjs-core";
 import { Buffer } from "node:buffer";
 import sharp from "sharp";
 import { writeFileAtomic } from "./fs.ts";
+import { checkRaw, encodePng, ImageError, type RawImage, tensorToRaw } from "./pixels.ts";
 
-/** 8-bit interleaved pixels (row-major, channels last). */
-export interface RawImage {
-  /** Pixel bytes, `height * width * channels` long. */
-  data: Uint8Array;
-  /** Width in pixels. */
-  width: number;
-  /** Height in pixels. */
-  height: number;
-  /** 1 (gray), 3 (RGB) or 4 (RGBA). */
-  channels: number;
-}
+// Pixels and PNG encoding live in pixels.ts (platform-free, shared with the browser demo).
+export { ImageError, type RawImage, tensorToRaw };
 
 /** Options of {@link readImage} and {@link readImageRaw}. */
 export interface ReadImageOptions {
@@ -41,23 +33,6 @@ export interface ReadImageOptions {
   upscale?: boolean;
   /** Resize filter; default "cubic" (Catmull-Rom, as PIL's BICUBIC). */
   kernel?: "cubic" | "lanczos3" | "mitchell" | "linear" | "nearest";
-}
-
-/**
- * Thrown for input that cannot be read as an image.
- *
- * @example
- * ```ts
- * import { ImageError, readImage } from "./image.ts";
- * try {
- *   await readImage("notes.txt");
- * } catch (e) {
- *   if (e instanceof ImageError) console.error(e.message);
- * }
- * ```
- */
-export class ImageError extends Error {
-  override name = "ImageError";
 }
 
 /**
@@ -170,35 +145,6 @@ export function rawToTensor(raw: RawImage): tf.Tensor3D {
 }
 
 /**
- * Converts a `[H, W, 3]` (or `[1, H, W, 3]`) float tensor in [0, 1] to 8-bit RGB pixels
- * (values are clipped and rounded).
- *
- * @example
- * ```ts
- * import * as tf from "@tensorflow/tfjs-core";
- * import { tensorToRaw } from "./image.ts";
- * const raw = await tensorToRaw(tf.ones([4, 4, 3]));
- * ```
- */
-export async function tensorToRaw(image: tf.Tensor): Promise<RawImage> {
-  const shape = image.shape;
-  const hwc = shape.length === 4 && shape[0] === 1 ? shape.slice(1) : shape;
-  if (hwc.length !== 3 || hwc[2] !== 3) {
-    throw new ImageError(
-      `expected an image tensor of shape [H, W, 3] (or [1, H, W, 3]), got [${shape}]. ` +
-        `Pass one image at a time (tf.unstack a batch).`,
-    );
-  }
-  const v = await image.data();
-  const data = new Uint8Array(v.length);
-  for (let i = 0; i < v.length; i++) {
-    const x = Number(v[i]);
-    data[i] = Math.round(Math.min(1, Math.max(0, Number.isNaN(x) ? 0 : x)) * 255);
-  }
-  return { data, width: hwc[1], height: hwc[0], channels: 3 };
-}
-
-/**
  * Flips an image (or a batch of images, NHWC) left-right.
  *
  * @example
@@ -227,11 +173,7 @@ export function flipHorizontal<T extends tf.Tensor3D | tf.Tensor4D>(image: T): T
  */
 export async function toPng(image: tf.Tensor | RawImage): Promise<Uint8Array> {
   const raw = image instanceof tf.Tensor ? await tensorToRaw(image) : image;
-  checkRaw(raw);
-  const buf = await sharp(raw.data, {
-    raw: { width: raw.width, height: raw.height, channels: raw.channels as 1 | 3 | 4 },
-  }).png().toBuffer();
-  return new Uint8Array(buf.buffer, buf.byteOffset, buf.byteLength);
+  return await encodePng(raw);
 }
 
 /**
@@ -327,16 +269,13 @@ export async function makeGrid(
   }
   const buf = await sharp({
     create: { width, height, channels: 3, background: options.background ?? "#ffffff" },
-  }).composite(layers).png().toBuffer();
-  return new Uint8Array(buf.buffer, buf.byteOffset, buf.byteLength);
-}
-
-function checkRaw(r: RawImage): void {
-  if (![1, 3, 4].includes(r.channels) || r.data.length !== r.width * r.height * r.channels) {
-    throw new ImageError(
-      `pixel buffer of ${r.data.length} bytes does not match ${r.width}x${r.height}x${r.channels}`,
-    );
-  }
+  }).composite(layers).removeAlpha().raw().toBuffer({ resolveWithObject: true });
+  return await encodePng({
+    data: new Uint8Array(buf.data.buffer, buf.data.byteOffset, buf.data.byteLength),
+    width: buf.info.width,
+    height: buf.info.height,
+    channels: buf.info.channels,
+  });
 }
 
 function grayToRgb(g: Uint8Array): Uint8Array {

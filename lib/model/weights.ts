@@ -64,6 +64,25 @@ export async function readWeightsConfig(path: string): Promise<WeightsConfig> {
     }
     throw e;
   }
+  return parseWeightsConfig(text, { source: path });
+}
+
+/**
+ * Parses the text of `config.json` (no file access: the browser demo uses this with fetched
+ * text); missing fields take the published defaults.
+ *
+ * @example
+ * ```ts
+ * import { parseWeightsConfig } from "./weights.ts";
+ * const cfg = parseWeightsConfig('{"format": "anthos", "vae": {"name": "taesd"}}');
+ * cfg.vae.name; // "taesd"
+ * ```
+ */
+export function parseWeightsConfig(
+  text: string,
+  options: { source?: string } = {},
+): WeightsConfig {
+  const path = options.source ?? "config.json";
   let raw: Partial<WeightsConfig>;
   try {
     raw = JSON.parse(text);

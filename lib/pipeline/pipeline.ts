@@ -13,15 +13,19 @@
  */
 
 import * as tf from "@tensorflow/tfjs-core";
-import { loadAutoencoder } from "../autoencoders/load.ts";
 import type { Autoencoder, AutoencoderKind } from "../autoencoders/autoencoder.ts";
-import { type BackendName, loadBackend } from "../runtime/backend.ts";
-import { ClassNames, parseClassSelection } from "./classes.ts";
-import { DiT } from "../model/dit.ts";
+import type { BackendName } from "../runtime/backend.ts";
+import { type ClassNames, parseClassSelection } from "./classes.ts";
+import type { DiT } from "../model/dit.ts";
 import { sample, type SamplerName } from "../model/flow.ts";
-import { makeGrid, type RawImage, tensorToRaw, toPng, writePng } from "../io/image.ts";
+import { encodePng, type RawImage, tensorToRaw } from "../io/pixels.ts";
+import { writeFileAtomic } from "../io/fs.ts";
 import { checkSeed, Rng } from "../runtime/rng.ts";
-import { readWeightsConfig, type WeightsConfig } from "../model/weights.ts";
+import type { WeightsConfig } from "../model/weights.ts";
+
+// This module runs unchanged in the browser demo (web/): it imports nothing that needs Deno or
+// sharp. The Deno-only parts (reading a model folder, sharp grids) are imported on demand, and the
+// browser bundle leaves them out (lib/web/bundle.ts).
 
 /** Options of {@link AnthosPipeline.load}. */
 export interface PipelineLoadOptions {
@@ -35,6 +39,18 @@ export interface PipelineLoadOptions {
   vaeDir?: string;
   /** Model weights file instead of `weights/model.safetensors`. */
   weights?: string;
+}
+
+/** The loaded parts of a pipeline (see {@link AnthosPipeline.fromParts}). */
+export interface PipelineParts {
+  /** The denoising model. */
+  model: DiT;
+  /** The autoencoder to decode with (a decode-only TAESD is enough). */
+  vae: Autoencoder;
+  /** The class vocabulary. */
+  classes: ClassNames;
+  /** `weights/config.json`. */
+  config: WeightsConfig;
 }
 
 /** Progress of {@link AnthosPipeline.generate}. */
@@ -141,7 +157,7 @@ export class GeneratedImage implements RawImage {
    * ```
    */
   png(): Promise<Uint8Array> {
-    return toPng(this);
+    return encodePng(this);
   }
 
   /**
@@ -155,8 +171,8 @@ export class GeneratedImage implements RawImage {
    * await img.save("sunflower.png");
    * ```
    */
-  save(path: string): Promise<void> {
-    return writePng(path, this);
+  async save(path: string): Promise<void> {
+    await writeFileAtomic(path, await this.png());
   }
 
   /** Jupyter's display protocol (Deno kernel): the image shows itself when it is a cell's value. */
@@ -208,39 +224,39 @@ export class AnthosPipeline {
    * ```
    */
   static async load(options: PipelineLoadOptions = {}): Promise<AnthosPipeline> {
-    const dir = (options.repoDir ?? ".").replace(/\/+$/, "") || "/";
-    const configPath = `${dir}/weights/config.json`;
-    const weightsPath = options.weights ?? `${dir}/weights/model.safetensors`;
-    const classesPath = `${dir}/weights/classes.txt`;
-    const missing: string[] = [];
-    for (const p of [configPath, weightsPath, classesPath]) {
-      if (!(await isFile(p))) missing.push(p);
-    }
-    if (missing.length > 0) {
-      throw new Deno.errors.NotFound(
-        `no trained model: ${missing.join(", ")} ${missing.length > 1 ? "are" : "is"} missing. ` +
-          `Train and export one (\`deno task train\`, then \`deno task convert\`), or put ` +
-          `published weights (config.json, model.safetensors, classes.txt) in ${dir}/weights/ ` +
-          `(or pass --repo-dir / { repoDir } with the folder that holds weights/).`,
-      );
-    }
-    if (options.backend) await loadBackend(options.backend);
-    const config = await readWeightsConfig(configPath);
-    const classes = await ClassNames.load(classesPath);
-    if (classes.size !== config.model.numClasses) {
+    const { loadPipelineParts } = await import("./local.ts");
+    return AnthosPipeline.fromParts(await loadPipelineParts(options));
+  }
+
+  /**
+   * A pipeline from parts already loaded: no file access, so it works anywhere (the browser demo
+   * fetches the files and builds the parts with `parseWeightsConfig`, `ClassNames.parse`,
+   * `DiT.load(bytes)` and `Taesd.load({ decoder })`). Checks that the parts belong together.
+   *
+   * @example
+   * ```ts
+   * import { AnthosPipeline } from "./pipeline.ts";
+   * import { ClassNames } from "./classes.ts";
+   * import { DiT } from "../model/dit.ts";
+   * import { Taesd } from "../autoencoders/taesd.ts";
+   * import { parseWeightsConfig } from "../model/weights.ts";
+   * const config = parseWeightsConfig(await (await fetch("/weights/config.json")).text());
+   * const pipe = AnthosPipeline.fromParts({
+   *   config,
+   *   classes: ClassNames.parse(await (await fetch("/weights/classes.txt")).text()),
+   *   model: await DiT.load(new Uint8Array(await (await fetch("/weights/model.safetensors")).arrayBuffer()), { config: config.model }),
+   *   vae: await Taesd.load({ decoder: new Uint8Array(await (await fetch("/vae/taesd_decoder.safetensors")).arrayBuffer()) }),
+   * });
+   * ```
+   */
+  static fromParts(parts: PipelineParts): AnthosPipeline {
+    const { model, vae, classes, config } = parts;
+    if (classes.size !== config.model.numClasses || model.config.numClasses !== classes.size) {
       throw new Error(
-        `${classesPath} lists ${classes.size} classes but ${configPath} says the model has ` +
-          `${config.model.numClasses}: they come from different models; export them together ` +
-          `with \`deno task convert\``,
+        `${classes.source} lists ${classes.size} classes but the model config says ` +
+          `${config.model.numClasses} (the weights have ${model.config.numClasses}): they come ` +
+          `from different models; export them together with \`deno task convert\``,
       );
-    }
-    const model = await DiT.load(weightsPath, { config: config.model });
-    let vae: Autoencoder;
-    try {
-      vae = await loadAutoencoder(options.vae ?? config.vae.name, { dir: options.vaeDir });
-    } catch (e) {
-      model.dispose();
-      throw e;
     }
     return new AnthosPipeline(model, vae, classes, config);
   }
@@ -349,9 +365,10 @@ export class AnthosPipeline {
    * await Deno.writeFile("grid.png", await pipe.grid(images, { cols: 3 }));
    * ```
    */
-  grid(images: readonly RawImage[], options: PipelineGridOptions = {}): Promise<Uint8Array> {
+  async grid(images: readonly RawImage[], options: PipelineGridOptions = {}): Promise<Uint8Array> {
+    const { makeGrid } = await import("../io/image.ts"); // sharp: Deno only
     const captions = options.captions ?? true;
-    return makeGrid([...images], {
+    return await makeGrid([...images], {
       cols: options.cols,
       captions: captions === true
         ? images.map((im, i) => im instanceof GeneratedImage ? im.className : `#${i}`)
@@ -421,15 +438,6 @@ export function imageSeed(seed: number, index: number): number {
   h = (h ^ Math.imul(index + 1, 0xc2b2ae35)) >>> 0;
   h = Math.imul(h ^ (h >>> 13), 0x27d4eb2f) >>> 0;
   return (h ^ (h >>> 16)) >>> 0;
-}
-
-async function isFile(path: string): Promise<boolean> {
-  try {
-    return (await Deno.stat(path)).isFile;
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) return false;
-    throw e;
-  }
 }
 
 function toBase64(bytes: Uint8Array): string {
