@@ -56,6 +56,8 @@ export {
   PRESETS,
 } from "./lib/model/dit.ts";
 export {
+  CFG_SCALE_RANGE,
+  checkCfgScale,
   disposeBatch,
   type FlowBatch,
   flowBatch,
@@ -113,6 +115,7 @@ export {
   type OxfordSplit,
 } from "./lib/data/oxford.ts";
 export {
+  checkFinite,
   type DType,
   type RawTensor,
   readSafetensors,

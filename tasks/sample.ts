@@ -7,7 +7,7 @@
 import type { AutoencoderKind } from "../lib/autoencoders/autoencoder.ts";
 import { type BackendName, defaultBackendName } from "../lib/runtime/backend.ts";
 import { BACKEND_OPTION, CliError, parseArgs, runMain } from "../lib/cli/args.ts";
-import type { SamplerName } from "../lib/model/flow.ts";
+import { checkCfgScale, type SamplerName } from "../lib/model/flow.ts";
 import { AnthosPipeline } from "../lib/pipeline/pipeline.ts";
 import { formatDuration, ProgressBar } from "../lib/cli/progress.ts";
 import { writeFileAtomic } from "../lib/io/fs.ts";
@@ -41,7 +41,8 @@ const SPEC = {
     steps: { type: "integer", description: "sampling steps [default: config.json, 50]" },
     "cfg-scale": {
       type: "number",
-      description: "classifier-free guidance scale, 1 = none [default: config.json, 4.0]",
+      description: "classifier-free guidance scale, 0..50 (1 = none, 1..10 useful; larger " +
+        "saturates and overflows to NaN) [default: config.json, 4.0]",
     },
     sampler: {
       type: "string",
@@ -99,6 +100,7 @@ async function main(): Promise<number> {
     if (v !== undefined && v < 1) throw new CliError(`--${flag} must be at least 1, got ${v}`);
   }
   checkSeed(o.seed, "--seed");
+  if (o.cfgScale !== undefined) checkCfgScale(o.cfgScale, "--cfg-scale");
   const classes = positionals[0] ?? "all";
   const t0 = performance.now();
   const pipe = await AnthosPipeline.load({

@@ -203,3 +203,80 @@ Deno.test({
     await assertRejects(() => DiT.load("/nonexistent/model.safetensors"), Error, "not found");
   },
 });
+
+Deno.test({
+  name: "bad weights: NaN or Inf in a tensor is refused at load, naming the tensor",
+  ignore: !weightsPath,
+  fn: async () => {
+    await loadBackend("wasm");
+    const { tensors } = parseSafetensors(await Deno.readFile(weightsPath!));
+    const { serializeSafetensors } = await import("../lib/io/safetensors.ts");
+    const poisoned = (key: string, index: number, value: number) => {
+      const rec = Object.fromEntries(
+        [...tensors].map((
+          [k, t],
+        ) => [k, {
+          dtype: "F32" as const,
+          shape: t.shape,
+          data: (t.data as Float32Array).slice(),
+        }]),
+      );
+      rec[key].data[index] = value;
+      return serializeSafetensors(rec);
+    };
+    const before = tf.memory().numTensors;
+    const nan = await assertRejects(
+      () => DiT.load(poisoned("final_layer.linear.weight", 5, NaN)),
+      Error,
+      'tensor "final_layer.linear.weight" has 1 NaN/Inf (first: NaN at index 5)',
+    );
+    assert(nan.message.includes("deno task convert"), nan.message);
+    await assertRejects(
+      () => DiT.load(poisoned("blocks.0.attn.qkv.weight", 0, -Infinity)),
+      Error,
+      'tensor "blocks.0.attn.qkv.weight" has 1 NaN/Inf (first: -Infinity at index 0)',
+    );
+    assertEquals(tf.memory().numTensors, before, "a refused load leaked tensors");
+  },
+});
+
+Deno.test("sample: NaN/Inf latents are an error naming the cause, never a result", async () => {
+  await loadBackend("wasm");
+  const before = tf.memory().numTensors;
+  const noise = tf.randomNormal([2, 32, 32, 4], 0, 1, "float32", 1) as tf.Tensor4D;
+  const key = "final_layer.linear.weight";
+  const param = (m: DiT) => m.namedParams().find((p) => p.key === key)!.variable;
+  // Weights that hold a NaN (as a model built or trained in memory can): the weights are named.
+  const broken = DiT.create({}, { seed: 1 });
+  tf.tidy(() => param(broken).assign(tf.fill(param(broken).shape, NaN)));
+  const e = await assertRejects(
+    () => sample(broken, noise, [1, 2], { steps: 2, sampler: "euler" }),
+    Error,
+    "sampling produced 8192 NaN/Inf latent value(s) in a batch of 2",
+  );
+  assert(e.message.includes(`weights hold NaN/Inf (${key})`), e.message);
+  broken.dispose();
+  // Finite weights whose outputs overflow float32 (huge values, like a diverged run, pushed
+  // further by the guidance scale): the guidance scale is named first, the weights second.
+  const huge = DiT.create({}, { seed: 1 });
+  tf.tidy(() => param(huge).assign(tf.fill(param(huge).shape, 3e38)));
+  const h = await assertRejects(
+    () => sample(huge, noise, [1, 2], { steps: 2, cfgScale: 50, sampler: "heun" }),
+    Error,
+    "the guidance scale 50 is likely too large",
+  );
+  assert(h.message.includes("check the weights"), h.message);
+  huge.dispose();
+  // Scales outside [0, 50] are refused up front (1e40 used to overflow into a flat image).
+  const m = DiT.create();
+  for (const s of [1e40, -1, 50.5, NaN]) {
+    await assertRejects(
+      () => sample(m, noise, [1, 2], { cfgScale: s }),
+      RangeError,
+      "cfgScale must be a number from 0 to 50",
+    );
+  }
+  m.dispose();
+  noise.dispose();
+  assertEquals(tf.memory().numTensors, before, "tensors leaked");
+});

@@ -101,6 +101,9 @@ Deno.test({
       [{ steps: 2.5 }, /steps must be a positive integer/],
       [{ sampler: "rk4" }, /unknown sampler "rk4": use "heun" or "euler"/],
       [{ cfgScale: NaN }, /cfgScale must be a number/],
+      // 1e40 used to overflow into NaN latents and a flat image (issue 11, item 1).
+      [{ cfgScale: 1e40 }, /cfgScale must be a number from 0 to 50, got 1e\+40/],
+      [{ cfgScale: -0.5 }, /cfgScale must be a number from 0 to 50/],
       [{ batchSize: 0 }, /batchSize must be a positive integer/],
       [{ seed: 1.5 }, /seed must be an integer/],
       // Seeds outside 32 bits would alias 0 and 2^32 - 1 (issue 11, item 3).

@@ -161,3 +161,42 @@ Deno.test({
     await Deno.remove(empty, { recursive: true });
   },
 });
+
+Deno.test({
+  name: "sample CLI: NaN weights or a huge --cfg-scale exit 1 with the cause, never write a PNG",
+  ignore: !ok,
+  fn: async () => {
+    const repo = await tempRepo();
+    const common = ["--steps", "1", "--repo-dir", repo, "--vae-dir", TAESD!];
+    // --cfg-scale 1e40 overflowed the latents into a flat tile with exit 0: refused up front.
+    const cfg = await sampleTask([
+      "rose",
+      "--cfg-scale",
+      "1e40",
+      "--out",
+      `${repo}/c.png`,
+      ...common,
+    ]);
+    assertEquals(cfg.code, 1, cfg.stderr);
+    assert(cfg.stderr.includes("--cfg-scale must be a number from 0 to 50"), cfg.stderr);
+    const help = await sampleTask(["--help"]);
+    assert(help.stderr.includes("0..50"), help.stderr);
+    // One NaN in a weight gave an all-black tile with exit 0: the load names the tensor.
+    const { parseSafetensors, serializeSafetensors } = await import("../lib/io/safetensors.ts");
+    const path = `${repo}/weights/model.safetensors`;
+    const { tensors } = parseSafetensors(await Deno.readFile(path));
+    const rec = Object.fromEntries(
+      [...tensors].map(([k, t]) => [k, { dtype: "F32" as const, shape: t.shape, data: t.data }]),
+    );
+    rec["blocks.0.attn.qkv.weight"].data[7] = NaN;
+    await Deno.writeFile(path, serializeSafetensors(rec));
+    const nan = await sampleTask(["rose", "--out", `${repo}/n.png`, ...common]);
+    assertEquals(nan.code, 1, nan.stderr);
+    assert(nan.stderr.includes(path), nan.stderr);
+    assert(nan.stderr.includes('tensor "blocks.0.attn.qkv.weight" has 1 NaN/Inf'), nan.stderr);
+    for (const f of ["c.png", "n.png"]) {
+      assert(!(await Deno.stat(`${repo}/${f}`).then(() => true, () => false)), `${f} written`);
+    }
+    await Deno.remove(repo, { recursive: true });
+  },
+});

@@ -135,6 +135,16 @@ Deno.test("TAESD weight files: a missing, extra or mis-shaped key is named in th
   );
   // Swapped files: every decoder key is unexpected in the encoder's place.
   await assertRejects(() => Taesd.load({ encoder: decoder, decoder }), Error, "unexpected key");
+  // A NaN weight would decode every image to garbage: refused, naming the tensor.
+  const nan = variant((m) => {
+    const t = m.get("14.bias")!;
+    m.set("14.bias", { ...t, data: t.data.slice().fill(NaN, 2, 3) });
+  });
+  await assertRejects(
+    () => Taesd.load({ encoder: nan, decoder }),
+    Error,
+    `tensor "14.bias" has 1 NaN/Inf (first: NaN at index 2)`,
+  );
 });
 
 Deno.test("loadAutoencoder('taesd') without dir uses the cache, else says where to put the files", async () => {

@@ -25,7 +25,7 @@ import {
   type EncodeOptions,
 } from "./autoencoder.ts";
 import { Rng } from "../runtime/rng.ts";
-import { type RawTensor, readSafetensors } from "../io/safetensors.ts";
+import { checkFinite, type RawTensor, readSafetensors } from "../io/safetensors.ts";
 
 /** The config.json fields this implementation reads (diffusers names). */
 export interface AutoencoderKLConfig {
@@ -132,6 +132,7 @@ export class AutoencoderKL implements Autoencoder {
     const config = parseKLConfig(json, cfgPath);
     const wPath = options.weights ?? `${dir}/diffusion_pytorch_model.safetensors`;
     const { tensors } = await readSafetensors(wPath, { what: "AutoencoderKL weights" });
+    checkFinite(tensors, { source: wPath });
     return AutoencoderKL.fromTensors(config, tensors, { source: wPath });
   }
 

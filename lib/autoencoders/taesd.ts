@@ -15,7 +15,7 @@
 import * as tf from "@tensorflow/tfjs-core";
 import { type Autoencoder, checkImageBatch, checkLatentBatch } from "./autoencoder.ts";
 import { Rng } from "../runtime/rng.ts";
-import { type RawTensor, readSafetensors } from "../io/safetensors.ts";
+import { checkFinite, type RawTensor, readSafetensors } from "../io/safetensors.ts";
 
 /** One layer of the sequential encoder/decoder, by its index key in the weight file. */
 type Layer =
@@ -158,6 +158,7 @@ export class Taesd implements Autoencoder {
         const f = file(part);
         const where = typeof f.bytes === "string" ? f.bytes : `${f.name} bytes`;
         const { tensors } = await readSafetensors(f.bytes, { what: `TAESD ${part} weights` });
+        checkFinite(tensors, { source: where });
         for (const [k, t] of takeWeights(tensors, layers, where)) weights.set(`${part}.${k}`, t);
       }
     } catch (e) {

@@ -144,6 +144,53 @@ export function parseSafetensors(
   return { tensors, metadata };
 }
 
+/**
+ * Throws a {@link SafetensorsError} when a float tensor holds NaN or ±Infinity, naming each such
+ * tensor, how many bad values it has and where the first one is. Weights with such values turn
+ * every result into NaN (a black or flat image) instead of failing, so loaders call this.
+ * `names` limits the check (default: every tensor); integer tensors are always finite.
+ *
+ * @example
+ * ```ts
+ * import { checkFinite, parseSafetensors, serializeSafetensors } from "./safetensors.ts";
+ * const bytes = serializeSafetensors({ w: { dtype: "F32", shape: [2], data: [1, NaN] } });
+ * checkFinite(parseSafetensors(bytes).tensors, { source: "w.safetensors" });
+ * // throws: w.safetensors holds non-finite values: tensor "w" has 1 NaN/Inf (first: NaN at index 1) ...
+ * ```
+ */
+export function checkFinite(
+  tensors: ReadonlyMap<string, RawTensor>,
+  options: { source?: string; names?: Iterable<string>; advice?: string } = {},
+): void {
+  const bad: string[] = [];
+  let total = 0;
+  for (const name of options.names ?? tensors.keys()) {
+    const t = tensors.get(name);
+    if (!t || !(t.data instanceof Float32Array)) continue;
+    const d = t.data;
+    let count = 0;
+    let first = -1;
+    for (let i = 0; i < d.length; i++) {
+      // x - x is NaN exactly for NaN and ±Infinity: one subtraction per value, no branches.
+      if (d[i] - d[i] !== 0) {
+        if (first < 0) first = i;
+        count++;
+      }
+    }
+    if (count > 0) {
+      total++;
+      bad.push(`tensor "${name}" has ${count} NaN/Inf (first: ${d[first]} at index ${first})`);
+    }
+  }
+  if (bad.length === 0) return;
+  throw new SafetensorsError(
+    `${options.source ?? "the safetensors data"} holds non-finite values: ` +
+      `${bad.slice(0, 6).join("; ")}${total > 6 ? `; and ${total - 6} more tensors` : ""}. ` +
+      (options.advice ??
+        "They would turn every result into NaN: use an earlier checkpoint or export the file again."),
+  );
+}
+
 function decode(
   name: string,
   dtype: DType,

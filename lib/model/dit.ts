@@ -27,7 +27,12 @@ import {
   swigluGate,
 } from "./kernels.ts";
 import { Rng } from "../runtime/rng.ts";
-import { readSafetensors, type TensorToWrite, writeSafetensors } from "../io/safetensors.ts";
+import {
+  checkFinite,
+  readSafetensors,
+  type TensorToWrite,
+  writeSafetensors,
+} from "../io/safetensors.ts";
 
 // ---------------------------------------------------------------- configuration
 
@@ -563,7 +568,7 @@ export class DiT {
   /**
    * Loads weights from a safetensors file (path or bytes) with the reference key names and
    * PyTorch layouts. The architecture comes from `config` (default DiT-Nano/2). Missing, extra or
-   * mis-shaped keys are reported by name.
+   * mis-shaped keys, and tensors holding NaN or Infinity, are reported by name.
    */
   static async load(
     source: string | Uint8Array,
@@ -601,6 +606,14 @@ export class DiT {
           `Pass the matching config, or export the weights with \`deno task convert\`.`,
       );
     }
+    // NaN/Inf weights would give black or flat images with no error: refuse them by name.
+    checkFinite(tensors, {
+      source: where,
+      names: expected.keys(),
+      advice: "A model with such weights only makes NaN (black or flat images): they come from " +
+        "a diverged training run or a damaged file. Export an earlier checkpoint with " +
+        "`deno task convert`, or download the weights again.",
+    });
     const init: Initializer = (key, shape, torchShape) =>
       fromTorchLayout(tensors.get(key)!.data as Float32Array, shape, torchShape, layoutOf(key));
     return new DiT(c, buildParams(c, init));

@@ -141,8 +141,45 @@ export const SAMPLE_DEFAULTS: Readonly<Required<Omit<SampleOptions, "onStep">>> 
 });
 
 /**
+ * The accepted classifier-free guidance scales, `[0, 50]`. Why this range: 0 samples the
+ * unconditional model, 1 the conditional model alone, and the useful range is about 1..10 (the
+ * published model uses 4). Each step adds `scale * (v_cond - v_uncond)`, so large scales blow the
+ * latents up: past ~20 the images saturate into noise and past 50 nothing recognisable is left,
+ * while a scale like 1e40 overflows float32 into NaN.
+ */
+export const CFG_SCALE_RANGE: Readonly<{ min: number; max: number }> = Object.freeze({
+  min: 0,
+  max: 50,
+});
+
+/**
+ * Checks a classifier-free guidance scale against {@link CFG_SCALE_RANGE}; returns it, or throws a
+ * `RangeError` naming `what` (a flag or option name) and the range.
+ *
+ * @example
+ * ```ts
+ * import { checkCfgScale } from "./flow.ts";
+ * checkCfgScale(4, "--cfg-scale"); // 4
+ * checkCfgScale(1e40, "--cfg-scale"); // throws RangeError: --cfg-scale must be a number from 0 to 50 ...
+ * ```
+ */
+export function checkCfgScale(scale: number, what = "cfgScale"): number {
+  const { min, max } = CFG_SCALE_RANGE;
+  if (typeof scale !== "number" || !(scale >= min && scale <= max)) {
+    throw new RangeError(
+      `${what} must be a number from ${min} to ${max}, got ${scale}: 1 = no guidance, ` +
+        `${SAMPLE_DEFAULTS.cfgScale} = the default, about 1..10 is useful; larger scales ` +
+        `saturate the images and overflow to NaN`,
+    );
+  }
+  return scale;
+}
+
+/**
  * Integrates dx/dt = v(x, t) from t = 0 (noise) to t = 1 (data). Returns latents `[N, H, W, C]`
  * (the caller disposes them). Heun applies its correction on every step, the last included.
+ * Latents that end up NaN or infinite are an error naming the likely cause (the guidance scale or
+ * the model's weights), never a result.
  *
  * @example
  * ```ts
@@ -166,7 +203,7 @@ export async function sample(
   if (sampler !== "euler" && sampler !== "heun") {
     throw new Error(`unknown sampler "${sampler}": use "heun" or "euler"`);
   }
-  if (!Number.isFinite(cfgScale)) throw new Error(`cfgScale must be a number, got ${cfgScale}`);
+  checkCfgScale(cfgScale);
   const n = noise.shape[0];
   const ids = y instanceof tf.Tensor ? y : tf.tensor1d(Array.from(y as ArrayLike<number>), "int32");
   const velocity = (x: tf.Tensor4D, t: number): tf.Tensor4D => {
@@ -178,6 +215,7 @@ export async function sample(
     return v;
   };
   let x = tf.clone(noise);
+  let values: tf.TypedArray | null = null;
   try {
     for (let i = 0; i < steps; i++) {
       const t0 = i / steps;
@@ -193,7 +231,16 @@ export async function sample(
       x = next;
       options.onStep?.(i + 1, steps);
       // Let the event loop breathe (progress bars, Ctrl-C) and keep GPU queues short.
-      await x.data();
+      values = await x.data();
+    }
+    // The last step's read-back is checked once: NaN/Inf latents decode to a black or flat
+    // image, which must never pass for a result.
+    const bad = countNonFinite(values!);
+    if (bad > 0) {
+      throw new Error(
+        `sampling produced ${bad} NaN/Inf latent value(s) in a batch of ${n}: ` +
+          (await nonFiniteCause(model, cfgScale)),
+      );
     }
   } catch (e) {
     x.dispose();
@@ -202,6 +249,28 @@ export async function sample(
     if (!(y instanceof tf.Tensor)) ids.dispose();
   }
   return x;
+}
+
+function countNonFinite(values: ArrayLike<number>): number {
+  let bad = 0;
+  for (let i = 0; i < values.length; i++) if (values[i] - values[i] !== 0) bad++;
+  return bad;
+}
+
+/** The likely cause of non-finite samples (read back only on this failure path). */
+async function nonFiniteCause(model: DiT, cfgScale: number): Promise<string> {
+  const broken: string[] = [];
+  for (const p of model.namedParams()) {
+    if (countNonFinite(await p.variable.data()) > 0) broken.push(p.key);
+  }
+  if (broken.length > 0) {
+    return `the model's weights hold NaN/Inf (${broken.slice(0, 4).join(", ")}` +
+      `${broken.length > 4 ? `, and ${broken.length - 4} more` : ""}): they come from a diverged ` +
+      `training run or a damaged file; use an earlier checkpoint or export the weights again`;
+  }
+  return `the guidance scale ${cfgScale} is likely too large for these weights (values overflow); ` +
+    `try a smaller one such as ${SAMPLE_DEFAULTS.cfgScale}, or check the weights (a diverged ` +
+    `training run gives exploding outputs)`;
 }
 
 /**

@@ -17,7 +17,7 @@ import type { Autoencoder, AutoencoderKind } from "../autoencoders/autoencoder.t
 import type { BackendName } from "../runtime/backend.ts";
 import { type ClassNames, parseClassSelection } from "./classes.ts";
 import type { DiT } from "../model/dit.ts";
-import { sample, type SamplerName } from "../model/flow.ts";
+import { checkCfgScale, sample, type SamplerName } from "../model/flow.ts";
 import { encodePng, type RawImage, tensorToRaw } from "../io/pixels.ts";
 import { writeFileAtomic } from "../io/fs.ts";
 import { checkSeed, Rng } from "../runtime/rng.ts";
@@ -75,7 +75,7 @@ export interface GenerateOptions {
   seed?: number;
   /** Sampling steps (default from config.json, 50 for the published model). */
   steps?: number;
-  /** Classifier-free guidance scale (default from config.json, 4.0). */
+  /** Classifier-free guidance scale, 0..50 (default from config.json, 4.0). */
   cfgScale?: number;
   /** "heun" or "euler" (default from config.json, "heun"). */
   sampler?: SamplerName;
@@ -408,12 +408,7 @@ export class AnthosPipeline {
     positiveInt("batchSize", o.batchSize, "use e.g. 16 (larger uses more memory)");
     positiveInt("decodeBatchSize", o.decodeBatchSize, "use e.g. 4");
     checkSeed(o.seed, "seed");
-    if (typeof o.cfgScale !== "number" || !Number.isFinite(o.cfgScale) || o.cfgScale < 0) {
-      throw new RangeError(
-        `cfgScale must be a number >= 0, got ${o.cfgScale}: 1 = no guidance, ` +
-          `${d.cfgScale} = the model's default`,
-      );
-    }
+    checkCfgScale(o.cfgScale, "cfgScale");
     if (o.sampler !== "heun" && o.sampler !== "euler") {
       throw new RangeError(`unknown sampler "${o.sampler}": use "heun" or "euler"`);
     }
