@@ -108,7 +108,7 @@ export function parseSafetensors(
   }
   const dataStart = 8 + headerLen;
   const dataLen = bytes.length - dataStart;
-  const tensors = new Map<string, RawTensor>();
+  const entries: { name: string; dtype: DType; shape: number[]; begin: number; end: number }[] = [];
   let metadata: Record<string, string> = {};
   for (const [name, entry] of Object.entries(header)) {
     if (name === "__metadata__") {
@@ -117,9 +117,12 @@ export function parseSafetensors(
     }
     const e = entry as { dtype?: string; shape?: number[]; data_offsets?: [number, number] };
     if (
-      !e || typeof e.dtype !== "string" || !Array.isArray(e.shape) || !Array.isArray(e.data_offsets)
+      !e || typeof e.dtype !== "string" || !Array.isArray(e.shape) ||
+      !Array.isArray(e.data_offsets) || e.data_offsets.length !== 2 ||
+      !e.data_offsets.every((v) => Number.isSafeInteger(v) && v >= 0) ||
+      !e.shape.every((v) => Number.isSafeInteger(v) && v >= 0)
     ) {
-      fail(`tensor "${name}" lacks dtype, shape or data_offsets`);
+      fail(`tensor "${name}" lacks dtype, shape or data_offsets (two byte offsets >= 0)`);
     }
     const dtype = e.dtype as DType;
     if (!(dtype in BYTES)) fail(`tensor "${name}" has unsupported dtype ${e.dtype}`);
@@ -131,15 +134,48 @@ export function parseSafetensors(
           `but data_offsets [${begin}, ${end}] span ${end - begin} bytes`,
       );
     }
-    if (begin < 0 || end > dataLen) {
+    if (end > dataLen) {
       fail(
         `tensor "${name}" ends at byte ${
           dataStart + end
         } but the file has only ${bytes.length} bytes`,
       );
     }
+    entries.push({ name, dtype, shape: [...e.shape!], begin, end });
+  }
+  // As in the reference implementation, the tensors must tile the data section exactly: an
+  // overlap would let one tensor silently read another's bytes, a gap hides unknown data.
+  const sorted = [...entries].sort((a, b) => a.begin - b.begin || a.end - b.end);
+  let at = 0;
+  for (let i = 0; i < sorted.length; i++) {
+    const t = sorted[i];
+    if (t.begin < at) {
+      fail(
+        `tensors "${sorted[i - 1].name}" (data_offsets [${sorted[i - 1].begin}, ` +
+          `${sorted[i - 1].end}]) and "${t.name}" ([${t.begin}, ${t.end}]) overlap`,
+      );
+    }
+    if (t.begin > at) {
+      fail(
+        `bytes ${at}..${t.begin} of the data section belong to no tensor (a gap before ` +
+          `"${t.name}"${i > 0 ? `, after "${sorted[i - 1].name}"` : ""})`,
+      );
+    }
+    at = t.end;
+  }
+  if (at !== dataLen) {
+    fail(
+      `the data section has ${dataLen} bytes but the tensors cover only ${at} ` +
+        `(${dataLen - at} extra bytes at the end${
+          sorted.length ? `, after "${sorted[sorted.length - 1].name}"` : ""
+        })`,
+    );
+  }
+  const tensors = new Map<string, RawTensor>();
+  for (const { name, dtype, shape, begin, end } of entries) {
     const raw = bytes.subarray(dataStart + begin, dataStart + end);
-    tensors.set(name, { dtype, shape: [...e.shape!], data: decode(name, dtype, raw, count) });
+    const count = shape.reduce((a, b) => a * b, 1);
+    tensors.set(name, { dtype, shape, data: decode(name, dtype, raw, count) });
   }
   return { tensors, metadata };
 }
