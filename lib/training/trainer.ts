@@ -24,6 +24,7 @@ import { disposeBatch, type FlowBatch, flowBatch, flowLoss } from "../model/flow
 import type { LatentDataset } from "../data/latents.ts";
 import { Rng } from "../runtime/rng.ts";
 import { readSafetensors, type TensorToWrite, writeSafetensors } from "../io/safetensors.ts";
+import { DeviceAdamW, deviceAdamWSupported } from "./optimizer_webgpu.ts";
 
 // ---------------------------------------------------------------- configuration
 
@@ -102,6 +103,11 @@ export interface StepInfo {
   gradNorm: number;
   /** Learning rate used for this update. */
   lr: number;
+  /**
+   * Whether `loss` and `gradNorm` were read from the device at this step. On webgpu they are
+   * read every {@link Trainer.readEvery} steps only (NaN in between); elsewhere always.
+   */
+  measured: boolean;
 }
 
 /**
@@ -163,6 +169,13 @@ export class Trainer {
   readonly ema: DiT;
   /** Updates done so far. */
   step = 0;
+  /**
+   * webgpu: read the loss and gradient norm back every this many steps (each readback waits for
+   * the GPU, ≥ 10 ms in Deno). Set it to the logging interval. Other backends read every step.
+   */
+  readEvery = 1;
+  #device: DeviceAdamW | null | undefined;
+  #lastLr: [number, number] = [0, 0]; // [step, lr] of the latest device step
   #m: tf.Variable[];
   #v: tf.Variable[];
   #vars: tf.Variable[];
@@ -256,8 +269,18 @@ export class Trainer {
    * the caller.
    */
   async stepOnBatch(batch: FlowBatch, options: { lr?: number } = {}): Promise<StepInfo> {
-    const { loss, grads } = await this.#lossAndGrads(batch);
+    const device = this.#deviceOptimizer();
+    const { loss, lossTensor, grads } = await this.#lossAndGrads(batch, device !== null);
     try {
+      if (device) {
+        // webgpu: clipping, AdamW and EMA in three dispatches; no readback in between reads.
+        const lr = options.lr ?? learningRate(this.step + 1, this.config);
+        device.step(grads, lossTensor!, { step: this.step + 1, lr });
+        this.#lastLr = [this.step + 1, lr];
+        this.step++;
+        if (this.step % this.readEvery === 0) return (await this.sync())!;
+        return { step: this.step, loss: NaN, gradNorm: NaN, lr, measured: false };
+      }
       if (!Number.isFinite(loss)) {
         throw new NonFiniteLossError(
           `loss is ${loss} at step ${this.step + 1}: training stopped, weights unchanged ` +
@@ -267,18 +290,62 @@ export class Trainer {
       const lr = options.lr ?? learningRate(this.step + 1, this.config);
       const gradNorm = await this.#applyAdamW(grads, lr);
       this.step++;
-      return { step: this.step, loss, gradNorm, lr };
+      return { step: this.step, loss, gradNorm, lr, measured: true };
     } finally {
-      tf.dispose(grads);
+      tf.dispose(lossTensor ? [lossTensor, ...grads] : grads);
     }
   }
 
+  /**
+   * webgpu: reads what the device recorded since the last read (one readback) and returns the
+   * latest step's info; throws {@link NonFiniteLossError} if a step had a non-finite loss or
+   * gradient norm (the weights are then those before that step, and `step` is set back to it).
+   * Other backends: null (every step was already read).
+   */
+  async sync(): Promise<StepInfo | null> {
+    if (!this.#device) return null;
+    const { records, firstBadStep } = await this.#device.read();
+    if (firstBadStep > 0) {
+      const bad = records.find((r) => r.step === firstBadStep);
+      this.step = firstBadStep - 1;
+      throw new NonFiniteLossError(
+        `loss is ${bad ? bad.loss : "not finite"} at step ${firstBadStep} (gradient norm ` +
+          `${bad ? bad.gradNorm : "?"}): training stopped, weights unchanged since step ` +
+          `${firstBadStep - 1} (the last checkpoint is intact). Lower the learning rate or ` +
+          `check the latents.`,
+      );
+    }
+    const last = records.at(-1);
+    if (!last) return null;
+    const lr = last.step === this.#lastLr[0]
+      ? this.#lastLr[1]
+      : learningRate(last.step, this.config);
+    return { step: last.step, loss: last.loss, gradNorm: last.gradNorm, lr, measured: true };
+  }
+
+  /** The device optimizer on webgpu (made on first use), else null. */
+  #deviceOptimizer(): DeviceAdamW | null {
+    if (this.#device === undefined) {
+      this.#device = deviceAdamWSupported()
+        ? new DeviceAdamW(
+          { params: this.#vars, m: this.#m, v: this.#v, ema: this.#emaVars },
+          this.config,
+        )
+        : null;
+    }
+    return this.#device;
+  }
+
   /** Loss and summed gradients over micro-batches (each chunk's mean weighted by its share). */
-  async #lossAndGrads(batch: FlowBatch): Promise<{ loss: number; grads: tf.Tensor[] }> {
+  async #lossAndGrads(
+    batch: FlowBatch,
+    onDevice = false,
+  ): Promise<{ loss: number; lossTensor?: tf.Tensor; grads: tf.Tensor[] }> {
     const b = batch.xt.shape[0];
     const mb = Math.min(this.config.microBatch, b);
     let grads: tf.Tensor[] | null = null;
     let loss = 0;
+    let lossTensor: tf.Tensor | undefined;
     for (let start = 0; start < b; start += mb) {
       const size = Math.min(mb, b - start);
       const chunk: FlowBatch = b === size ? batch : tf.tidy(() => ({
@@ -292,8 +359,16 @@ export class Trainer {
         () => tf.mul(flowLoss(this.model, chunk), weight) as tf.Scalar,
         this.#vars,
       );
-      loss += (await value.data())[0];
-      value.dispose();
+      if (onDevice) { // summed on the device, read later
+        if (lossTensor) {
+          const sum = tf.add(lossTensor, value);
+          tf.dispose([lossTensor, value]);
+          lossTensor = sum;
+        } else lossTensor = value;
+      } else {
+        loss += (await value.data())[0];
+        value.dispose();
+      }
       const list = this.#vars.map((v) => g[v.name]);
       if (grads === null) grads = list;
       else {
@@ -303,7 +378,7 @@ export class Trainer {
       }
       if (chunk !== batch) disposeBatch(chunk);
     }
-    return { loss, grads: grads! };
+    return { loss, lossTensor, grads: grads! };
   }
 
   /** Clip to the global norm, AdamW update (torch's formulation), EMA update. Returns the norm. */
@@ -361,6 +436,7 @@ export class Trainer {
    * the configuration and the RNG state (seed and step, from which all randomness derives).
    */
   async saveCheckpoint(path: string): Promise<void> {
+    await this.sync(); // webgpu: a non-finite step throws here, before anything is written
     const tensors: Record<string, TensorToWrite> = {};
     const add = async (prefix: string, model: DiT) => {
       for (const [k, v] of Object.entries(await model.stateDict())) tensors[prefix + k] = v;
@@ -444,6 +520,7 @@ export class Trainer {
     this.model.dispose();
     this.ema.dispose();
     tf.dispose([...this.#m, ...this.#v]);
+    this.#device?.dispose();
   }
 }
 
