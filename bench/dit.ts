@@ -11,6 +11,7 @@ import { randomNoise, sample } from "../lib/model/flow.ts";
 import { Trainer } from "../lib/training/trainer.ts";
 import type { LatentDataset } from "../lib/data/latents.ts";
 import { Rng } from "../lib/runtime/rng.ts";
+import { countWebGpu, perStep, type WebGpuCounts } from "./webgpu_counters.ts";
 
 /** One training-throughput measurement. */
 export interface TrainBenchRow {
@@ -22,6 +23,8 @@ export interface TrainBenchRow {
   msPerStep: number;
   stepsPerSec: number;
   samplesPerSec: number;
+  /** webgpu: GPU calls per timed step (the final wait for the GPU excluded). */
+  counts?: WebGpuCounts;
 }
 
 /**
@@ -37,7 +40,7 @@ export interface TrainBenchRow {
  */
 export async function benchTraining(
   batch: number,
-  options: { steps?: number; microBatch?: number; warmup?: number } = {},
+  options: { steps?: number; microBatch?: number; warmup?: number; readEvery?: number } = {},
 ): Promise<TrainBenchRow> {
   const rng = new Rng(0);
   const data: LatentDataset = {
@@ -47,12 +50,18 @@ export async function benchTraining(
   };
   const microBatch = options.microBatch ?? batch;
   const trainer = new Trainer({ batchSize: batch, microBatch, warmupSteps: 0 });
+  // webgpu reads the loss back at this interval (the logging interval of a real run).
+  trainer.readEvery = options.readEvery ?? 10;
   try {
     const warmup = options.warmup ?? 1;
     const steps = options.steps ?? 3;
     await trainer.fit(data, { untilStep: warmup });
+    await trainer.sync();
+    const counter = tf.getBackend() === "webgpu" ? countWebGpu() : null;
     const t0 = performance.now();
     await trainer.fit(data, { untilStep: warmup + steps });
+    const counts = counter?.stop();
+    await trainer.sync(); // wait for the GPU: the time includes all enqueued work
     const ms = (performance.now() - t0) / steps;
     return {
       backend: tf.getBackend(),
@@ -62,6 +71,7 @@ export async function benchTraining(
       msPerStep: ms,
       stepsPerSec: 1000 / ms,
       samplesPerSec: (batch * 1000) / ms,
+      counts: counts && perStep(counts, steps),
     };
   } finally {
     trainer.dispose();
@@ -80,6 +90,8 @@ export interface SampleBenchRow {
   /** Seconds per image for a full Heun `fullSteps`, CFG run (latents only). */
   secPerImage: number;
   samplesPerSec: number;
+  /** webgpu: GPU calls per Heun step (two CFG evaluations of the doubled batch). */
+  counts?: WebGpuCounts;
 }
 
 /**
@@ -106,9 +118,11 @@ export async function benchSampling(
   const y = Array.from({ length: batch }, (_, i) => i % 102);
   try {
     (await sample(model, noise, y, { steps: 1, cfgScale: 4, sampler: "heun" })).dispose(); // warm-up
+    const counter = tf.getBackend() === "webgpu" ? countWebGpu() : null;
     const t0 = performance.now();
     const z = await sample(model, noise, y, { steps: timedSteps, cfgScale: 4, sampler: "heun" });
     await z.data();
+    const counts = counter?.stop();
     const sec = (performance.now() - t0) / 1000;
     z.dispose();
     const secPerImage = (sec / batch) * (fullSteps / timedSteps);
@@ -119,6 +133,7 @@ export async function benchSampling(
       fullSteps,
       secPerImage,
       samplesPerSec: 1 / secPerImage,
+      counts: counts && perStep(counts, timedSteps),
     };
   } finally {
     noise.dispose();

@@ -5,6 +5,7 @@ import { fileURLToPath } from "node:url";
 import { availableBackends, type BackendName, loadBackend } from "../lib/runtime/backend.ts";
 import { benchSampling, benchTraining, runTorchAnchor, type TorchBenchRow } from "../bench/dit.ts";
 import { benchAutoencoders } from "../bench/vae.ts";
+import { formatCounts } from "../bench/webgpu_counters.ts";
 
 const HELP = `deno task bench [options]
 
@@ -69,6 +70,7 @@ if (!values["no-torch"]) {
 }
 
 const lines: string[] = [];
+const counters: string[] = [];
 const fmt = (x: number, d = 2) => x.toFixed(d);
 lines.push("| backend | what | batch | ours | PyTorch CPU | ours / PyTorch |");
 lines.push("| --- | --- | --- | --- | --- | --- |");
@@ -96,6 +98,7 @@ for (const name of backends) {
           : "— | — |"),
     );
     console.error("  " + lines.at(-1));
+    if (r.counts) counters.push(`| ${label} | train step | ${b} | ${formatCounts(r.counts)} |`);
   }
   console.error(`${label}: sampling ...`);
   const s = await benchSampling(sampleBatch, { timedSteps: values.quick ? 1 : 3 });
@@ -108,6 +111,9 @@ for (const name of backends) {
         : "— | — |"),
   );
   console.error("  " + lines.at(-1));
+  if (s.counts) {
+    counters.push(`| ${label} | Heun step (CFG 4) | ${sampleBatch} | ${formatCounts(s.counts)} |`);
+  }
   if (!values["no-vae"]) {
     const rows = await benchAutoencoders({ taesdDir: `${shared}/weights/taesd` });
     for (const r of rows) {
@@ -119,3 +125,8 @@ for (const name of backends) {
   }
 }
 console.log(lines.join("\n"));
+if (counters.length > 0) {
+  console.log("\nGPU calls per step (webgpu; training reads the loss back every 10 steps):\n");
+  console.log("| backend | what | batch | per step |\n| --- | --- | --- | --- |");
+  console.log(counters.join("\n"));
+}
