@@ -7,6 +7,8 @@
 
 import { fileURLToPath } from "node:url";
 import { isQuick } from "../lib/cli/args.ts";
+import type { LatentDataset } from "../lib/data/latents.ts";
+import { HELD_OUT_FRACTION, heldOutSplit, type LatentSplit } from "../lib/training/eval.ts";
 
 /** Project root (the folder holding deno.json and weights/). */
 export const ROOT: string = fileURLToPath(new URL("..", import.meta.url)).replace(/\/$/, "");
@@ -128,6 +130,10 @@ export interface LogLine {
   lr?: number;
   time?: number;
   stepSec?: number;
+  /** Validation loss on the held-out latents after this step, when measured. */
+  valLoss?: number;
+  /** Validation loss in the 10 t-buckets ([0, 0.1), ..., [0.9, 1)), when measured. */
+  valBuckets?: number[];
 }
 
 /**
@@ -145,6 +151,9 @@ export async function readLog(path: string): Promise<LogLine[]> {
     if (!line.trim()) continue;
     try {
       const v = JSON.parse(line);
+      // Older or hand-written logs may spell the validation fields in snake case.
+      v.valLoss ??= v.val_loss;
+      v.valBuckets ??= v.val_buckets;
       if (typeof v.step === "number" && typeof v.loss === "number") out.push(v);
     } catch {
       // a line cut short by a killed run
@@ -158,6 +167,29 @@ function escape(s: string): string {
 }
 
 export { exists } from "../lib/io/fs.ts";
+
+/**
+ * The held-out split of a notebook's latent cache: the library's rule at 2% of the photos, or,
+ * for the few photos of a quick run, the smallest of 5%, 10%, 25% and 50% that holds out at
+ * least one photo (so the validation curve always has data).
+ *
+ * @example
+ * ```ts
+ * import { notebookSplit } from "./_nb.ts";
+ * import { loadLatents } from "../lib/data/latents.ts";
+ * const split = notebookSplit(await loadLatents("runs/notebooks/latents-taesd.safetensors"));
+ * ```
+ */
+export function notebookSplit(data: Pick<LatentDataset, "labels" | "metadata">): LatentSplit {
+  for (const fraction of [HELD_OUT_FRACTION, 0.05, 0.1, 0.25, 0.5]) {
+    const split = heldOutSplit(data, { fraction });
+    if (split.heldOut.length > 0 && split.train.length > 0) return split;
+  }
+  throw new Error(
+    `a cache of ${data.labels.length} latents is too small to hold a photo out: encode more ` +
+      `photos (notebook 01)`,
+  );
+}
 
 /**
  * Shows PNG bytes (or a raw mimebundle such as `{ "image/svg+xml": svg }`) in the notebook and
