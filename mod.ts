@@ -62,6 +62,7 @@ export {
   type FlowBatch,
   flowBatch,
   flowLoss,
+  flowTargets,
   randomNoise,
   sample,
   SAMPLE_DEFAULTS,
@@ -76,6 +77,24 @@ export {
   type TrainConfig,
   Trainer,
 } from "./lib/training/trainer.ts";
+export {
+  EVAL_CLASSES,
+  type EvalGrid,
+  type EvalGridOptions,
+  evaluationGrid,
+  gridPoint,
+  HELD_OUT_FRACTION,
+  heldOutSplit,
+  type LatentPart,
+  type LatentSplit,
+  selectLatents,
+  type SplitInput,
+  type SplitOptions,
+  T_BUCKETS,
+  validationLoss,
+  type ValidationOptions,
+  type ValidationResult,
+} from "./lib/training/eval.ts";
 export { type LatentDataset, loadLatents, saveLatents } from "./lib/data/latents.ts";
 export {
   encodeDataset,
