@@ -1,6 +1,8 @@
 // Test helpers: where ../shared lives, and a loud failure (never a silent skip) under CI.
 import { fileURLToPath } from "node:url";
 import { type BackendName, loadBackend } from "../lib/runtime/backend.ts";
+import { blasStatus, loadBlas, setBlasEnabled } from "../lib/runtime/blas.ts";
+import { startOpStats, stopOpStats } from "../lib/runtime/opstats.ts";
 
 /** Root of the shared reference material: $ANTHOS_SHARED, else ../shared beside the project. */
 export const SHARED: string = Deno.env.get("ANTHOS_SHARED") ??
@@ -50,5 +52,39 @@ export async function useBackend(name: BackendName): Promise<boolean> {
     if (IN_CI) throw e;
     console.warn(`SKIP ${name}: ${(e as Error).message}`);
     return false;
+  }
+}
+
+/** How the wasm backend computes its matrix products: the system BLAS (FFI) or XNNPACK. */
+export type Products = "blas" | "xnnpack";
+
+/**
+ * Starts wasm and routes its products to `products` for the test body, then restores the
+ * previous setting. Without a loadable BLAS the "blas" run prints a SKIP line outside CI and
+ * fails under CI (where .ci/setup.sh installs libopenblas0-pthread).
+ */
+export async function withProducts(products: Products, fn: () => Promise<void>): Promise<void> {
+  await loadBackend("wasm");
+  if (products === "blas" && loadBlas() === null) {
+    const msg = `SKIP BLAS run: ${blasStatus().reason}`;
+    if (IN_CI) throw new Error(msg);
+    console.warn(msg);
+    return;
+  }
+  const before = setBlasEnabled(products === "blas");
+  const ops = startOpStats();
+  try {
+    await fn();
+  } finally {
+    stopOpStats();
+    setBlasEnabled(before);
+  }
+  // The products really ran where they were sent (counted by lib/model/matmul.ts).
+  const blasCalls = [...ops].filter(([k]) => k.endsWith("(blas)")).reduce(
+    (n, [, s]) => n + s.calls,
+    0,
+  );
+  if ((products === "blas") !== blasCalls > 0) {
+    throw new Error(`products on ${products}, but ${blasCalls} BLAS product call(s) were made`);
   }
 }

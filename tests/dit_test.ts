@@ -2,11 +2,11 @@
 // backend CI has: the forward pass, the loss, every gradient, Euler and Heun samples.
 import * as tf from "@tensorflow/tfjs-core";
 import { assert, assertEquals, assertLess, assertRejects, assertThrows } from "./_assert.ts";
-import { loadBackend } from "../lib/runtime/backend.ts";
+import { type BackendName, loadBackend } from "../lib/runtime/backend.ts";
 import { DiT, type NamedParam, toTorchLayout } from "../lib/model/dit.ts";
 import { sample } from "../lib/model/flow.ts";
 import { parseSafetensors, type RawTensor, readSafetensors } from "../lib/io/safetensors.ts";
-import { relErr, sharedPath, useBackend } from "./_shared.ts";
+import { relErr, sharedPath, useBackend, withProducts } from "./_shared.ts";
 
 const weightsPath = sharedPath("spec/golden/weights.safetensors");
 const casePath = sharedPath("spec/golden/case.safetensors");
@@ -45,69 +45,82 @@ Deno.test("adaLN-Zero init: a fresh model outputs exactly zero", async () => {
   m.dispose();
 });
 
-for (const backend of ["wasm", "webgpu"] as const) {
+// wasm twice: products on the system BLAS (FFI) and on XNNPACK.
+const parityRuns = [
+  { backend: "wasm", products: "blas" },
+  { backend: "wasm", products: "xnnpack" },
+  { backend: "webgpu" },
+] as const;
+for (const run of parityRuns) {
+  const { backend } = run;
+  const label = "products" in run ? `${backend} (products on ${run.products})` : backend;
   Deno.test({
-    name: `golden parity on ${backend}: forward, loss, every gradient, Euler and Heun`,
+    name: `golden parity on ${label}: forward, loss, every gradient, Euler and Heun`,
     ignore: !weightsPath || !casePath,
-    fn: async () => {
-      if (!(await useBackend(backend))) return;
-      const c = await golden();
-      const m = await DiT.load(weightsPath!);
-      const x = t4(c.get("x_t")!);
-      const t = tf.tensor1d(c.get("t")!.data as Float32Array);
-      const y = tf.tensor1d(c.get("y")!.data as Int32Array, "int32");
-      const vt = t4(c.get("v_target")!);
-      const before = tf.memory().numTensors;
-
-      const v = m.forward(x, t, y);
-      const eFwd = relErr(await v.data() as Float32Array, c.get("v_pred")!.data);
-      assertLess(eFwd, 1e-4, `forward rel err ${eFwd}`);
-      v.dispose();
-
-      const vars = m.trainableVariables();
-      const { value, grads } = tf.variableGrads(
-        () => tf.mean(tf.square(tf.sub(m.forward(x, t, y), vt))) as tf.Scalar,
-        vars,
-      );
-      const eLoss = relErr(await value.data(), c.get("loss")!.data);
-      assertLess(eLoss, 1e-4, `loss rel err ${eLoss}`);
-      let worst = 0;
-      const named = m.namedParams().filter((p) => p.key !== "pos_embed");
-      assertEquals(named.length, Object.keys(grads).length);
-      for (const np of named) {
-        const e = relErr(
-          await torchGrad(np, grads[np.variable.name]),
-          c.get(`grad.${np.key}`)!.data,
-        );
-        assertLess(e, 1e-4, `gradient of ${np.key}: rel err ${e}`);
-        worst = Math.max(worst, e);
-      }
-      tf.dispose([value, ...Object.values(grads)]);
-      // No tensor leaks across a forward + backward pass.
-      assertEquals(tf.memory().numTensors, before);
-
-      const steps = Number((await readSafetensors(casePath!)).metadata.steps);
-      const cfg = Number((await readSafetensors(casePath!)).metadata.cfg_scale);
-      const noise = t4(c.get("sample_noise")!);
-      const ys = Array.from(c.get("sample_y")!.data);
-      const errs: Record<string, number> = {};
-      for (const sampler of ["euler", "heun"] as const) {
-        const n0 = tf.memory().numTensors;
-        const z = await sample(m, noise, ys, { steps, cfgScale: cfg, sampler });
-        errs[sampler] = relErr(await z.data() as Float32Array, c.get(`sample_${sampler}`)!.data);
-        assertLess(errs[sampler], 1e-4, `${sampler} rel err ${errs[sampler]}`);
-        z.dispose();
-        assertEquals(tf.memory().numTensors, n0, "sample() leaked tensors");
-      }
-      console.log(
-        `${backend}: forward ${eFwd.toExponential(2)}, loss ${eLoss.toExponential(2)}, ` +
-          `worst grad ${worst.toExponential(2)}, euler ${errs.euler.toExponential(2)}, ` +
-          `heun ${errs.heun.toExponential(2)}`,
-      );
-      tf.dispose([x, t, y, vt, noise]);
-      m.dispose();
-    },
+    fn: () =>
+      "products" in run
+        ? withProducts(run.products, () => parity(backend, label))
+        : parity(backend, label),
   });
+}
+
+async function parity(backend: BackendName, label: string): Promise<void> {
+  if (!(await useBackend(backend))) return;
+  const c = await golden();
+  const m = await DiT.load(weightsPath!);
+  const x = t4(c.get("x_t")!);
+  const t = tf.tensor1d(c.get("t")!.data as Float32Array);
+  const y = tf.tensor1d(c.get("y")!.data as Int32Array, "int32");
+  const vt = t4(c.get("v_target")!);
+  const before = tf.memory().numTensors;
+
+  const v = m.forward(x, t, y);
+  const eFwd = relErr(await v.data() as Float32Array, c.get("v_pred")!.data);
+  assertLess(eFwd, 1e-4, `forward rel err ${eFwd}`);
+  v.dispose();
+
+  const vars = m.trainableVariables();
+  const { value, grads } = tf.variableGrads(
+    () => tf.mean(tf.square(tf.sub(m.forward(x, t, y), vt))) as tf.Scalar,
+    vars,
+  );
+  const eLoss = relErr(await value.data(), c.get("loss")!.data);
+  assertLess(eLoss, 1e-4, `loss rel err ${eLoss}`);
+  let worst = 0;
+  const named = m.namedParams().filter((p) => p.key !== "pos_embed");
+  assertEquals(named.length, Object.keys(grads).length);
+  for (const np of named) {
+    const e = relErr(
+      await torchGrad(np, grads[np.variable.name]),
+      c.get(`grad.${np.key}`)!.data,
+    );
+    assertLess(e, 1e-4, `gradient of ${np.key}: rel err ${e}`);
+    worst = Math.max(worst, e);
+  }
+  tf.dispose([value, ...Object.values(grads)]);
+  // No tensor leaks across a forward + backward pass.
+  assertEquals(tf.memory().numTensors, before);
+
+  const steps = Number((await readSafetensors(casePath!)).metadata.steps);
+  const cfg = Number((await readSafetensors(casePath!)).metadata.cfg_scale);
+  const noise = t4(c.get("sample_noise")!);
+  const ys = Array.from(c.get("sample_y")!.data);
+  const errs: Record<string, number> = {};
+  for (const sampler of ["euler", "heun"] as const) {
+    const n0 = tf.memory().numTensors;
+    const z = await sample(m, noise, ys, { steps, cfgScale: cfg, sampler });
+    errs[sampler] = relErr(await z.data() as Float32Array, c.get(`sample_${sampler}`)!.data);
+    assertLess(errs[sampler], 1e-4, `${sampler} rel err ${errs[sampler]}`);
+    z.dispose();
+    assertEquals(tf.memory().numTensors, n0, "sample() leaked tensors");
+  }
+  console.log(
+    `${label}: forward ${eFwd.toExponential(2)}, loss ${eLoss.toExponential(2)}, ` +
+      `worst grad ${worst.toExponential(2)}, euler ${errs.euler.toExponential(2)}, ` +
+      `heun ${errs.heun.toExponential(2)}`,
+  );
+  tf.dispose([x, t, y, vt, noise]);
+  m.dispose();
 }
 
 Deno.test({

@@ -2,12 +2,12 @@
 // bit-exact resume, no tensor growth, and a clean stop on a non-finite loss.
 import * as tf from "@tensorflow/tfjs-core";
 import { assert, assertEquals, assertGreater, assertLess, assertRejects } from "./_assert.ts";
-import { loadBackend } from "../lib/runtime/backend.ts";
+import { type BackendName, loadBackend } from "../lib/runtime/backend.ts";
 import { DiT, toTorchLayout } from "../lib/model/dit.ts";
 import type { LatentDataset } from "../lib/data/latents.ts";
 import { learningRate, NonFiniteLossError, Trainer } from "../lib/training/trainer.ts";
 import { readSafetensors } from "../lib/io/safetensors.ts";
-import { relErr, sharedPath, useBackend } from "./_shared.ts";
+import { relErr, sharedPath, useBackend, withProducts } from "./_shared.ts";
 
 const weightsPath = sharedPath("spec/golden/weights.safetensors");
 const casePath = sharedPath("spec/golden/case.safetensors");
@@ -37,55 +37,66 @@ Deno.test("learning rate: linear warmup from 0, then constant", () => {
   assertEquals(learningRate(50_000, c), 1e-4);
 });
 
-for (const backend of ["wasm", "webgpu"] as const) {
+// wasm twice: products on the system BLAS (FFI) and on XNNPACK.
+const stepRuns = [
+  { backend: "wasm", products: "blas" },
+  { backend: "wasm", products: "xnnpack" },
+  { backend: "webgpu" },
+] as const;
+for (const run of stepRuns) {
+  const { backend } = run;
+  const label = "products" in run ? `${backend} (products on ${run.products})` : backend;
   Deno.test({
     name:
-      `one step reproduces after_step.* of the golden case on ${backend} (clipping + AdamW, lr 1e-3)`,
+      `one step reproduces after_step.* of the golden case on ${label} (clipping + AdamW, lr 1e-3)`,
     ignore: !weightsPath || !casePath,
-    fn: async () => {
-      if (!(await useBackend(backend))) return;
-      const c = (await readSafetensors(casePath!)).tensors;
-      const trainer = new Trainer({ init: await DiT.load(weightsPath!), weightDecay: 0 });
-      const t4 = (k: string) =>
-        tf.tensor4d(
-          c.get(k)!.data as Float32Array,
-          c.get(k)!.shape as [number, number, number, number],
-        );
-      const batch = {
-        xt: t4("x_t"),
-        t: tf.tensor1d(c.get("t")!.data as Float32Array),
-        y: tf.tensor1d(c.get("y")!.data as Int32Array, "int32"),
-        v: t4("v_target"),
-      };
-      const info = await trainer.stepOnBatch(batch, { lr: 1e-3 });
-      assertLess(relErr([info.loss], c.get("loss")!.data), 1e-5);
-      assertLess(
-        relErr([info.gradNorm], c.get("grad_norm")!.data),
-        1e-4,
-        `grad norm ${info.gradNorm}`,
-      );
-      let worst = 0;
-      for (const np of trainer.model.namedParams()) {
-        if (np.key === "pos_embed") continue;
-        const ours = toTorchLayout(
-          await np.variable.data() as Float32Array,
-          np.variable.shape,
-          np.torchShape,
-          np.layout,
-        );
-        const e = relErr(ours, c.get(`after_step.${np.key}`)!.data);
-        assertLess(e, 1e-4, `${np.key}: rel err ${e}`);
-        worst = Math.max(worst, e);
-      }
-      console.log(
-        `${backend}: after_step worst rel err ${
-          worst.toExponential(2)
-        }, grad norm ${info.gradNorm}`,
-      );
-      tf.dispose(Object.values(batch));
-      trainer.dispose();
-    },
+    fn: () =>
+      "products" in run
+        ? withProducts(run.products, () => goldenStep(backend, label))
+        : goldenStep(backend, label),
   });
+}
+
+async function goldenStep(backend: BackendName, label: string): Promise<void> {
+  if (!(await useBackend(backend))) return;
+  const c = (await readSafetensors(casePath!)).tensors;
+  const trainer = new Trainer({ init: await DiT.load(weightsPath!), weightDecay: 0 });
+  const t4 = (k: string) =>
+    tf.tensor4d(
+      c.get(k)!.data as Float32Array,
+      c.get(k)!.shape as [number, number, number, number],
+    );
+  const batch = {
+    xt: t4("x_t"),
+    t: tf.tensor1d(c.get("t")!.data as Float32Array),
+    y: tf.tensor1d(c.get("y")!.data as Int32Array, "int32"),
+    v: t4("v_target"),
+  };
+  const info = await trainer.stepOnBatch(batch, { lr: 1e-3 });
+  assertLess(relErr([info.loss], c.get("loss")!.data), 1e-5);
+  assertLess(
+    relErr([info.gradNorm], c.get("grad_norm")!.data),
+    1e-4,
+    `grad norm ${info.gradNorm}`,
+  );
+  let worst = 0;
+  for (const np of trainer.model.namedParams()) {
+    if (np.key === "pos_embed") continue;
+    const ours = toTorchLayout(
+      await np.variable.data() as Float32Array,
+      np.variable.shape,
+      np.torchShape,
+      np.layout,
+    );
+    const e = relErr(ours, c.get(`after_step.${np.key}`)!.data);
+    assertLess(e, 1e-4, `${np.key}: rel err ${e}`);
+    worst = Math.max(worst, e);
+  }
+  console.log(
+    `${label}: after_step worst rel err ${worst.toExponential(2)}, grad norm ${info.gradNorm}`,
+  );
+  tf.dispose(Object.values(batch));
+  trainer.dispose();
 }
 
 Deno.test("the loss falls on a learnable set; EMA moves, the position table does not", async () => {

@@ -12,7 +12,9 @@
  */
 
 import * as tf from "@tensorflow/tfjs-core";
-import { plainMatmul, plainOnly, transposeLast } from "./matmul.ts";
+import { activeBlas } from "../runtime/blas.ts";
+import { timeOp } from "../runtime/opstats.ts";
+import { gemm, plainOnly, transposeLast } from "./matmul.ts";
 
 /**
  * Whether dit.ts should use the fused ops of this file (true on the wasm backend).
@@ -75,7 +77,7 @@ function fused(
 /** Sum over all leading axes as one product `ones[1, M] @ x[M, C]` -> `[C]` (fast on XNNPACK). */
 function sumRows(x: tf.Tensor2D): tf.Tensor1D {
   const [m, c] = x.shape;
-  return tf.reshape(tf.matMul(tf.ones([1, m]), x), [c]); // [C]
+  return tf.reshape(gemm(tf.ones([1, m]), x), [c]); // [C]
 }
 
 /** The pieces of tfjs-backend-wasm 4.22's internals that {@link sumTokens} uses. */
@@ -90,6 +92,10 @@ interface HeapBackend {
  * heap does it (same order of additions as tfjs's Sum, float32 throughout) and fuses the product.
  */
 function sumTokens(a: tf.Tensor, b?: tf.Tensor): tf.Tensor2D {
+  return timeOp("token sums (js)", () => sumTokensNow(a, b));
+}
+
+function sumTokensNow(a: tf.Tensor, b?: tf.Tensor): tf.Tensor2D {
   const be = tf.backend() as unknown as Partial<HeapBackend>;
   if (!be.makeOutput || !be.typedArrayFromHeap) return tf.sum(b ? tf.mul(a, b) : a, 1);
   const [n, t, d] = a.shape;
@@ -136,6 +142,8 @@ function sharedTranspose(x: tf.Tensor): tf.Tensor {
  */
 function linearParamGrads(x: tf.Tensor2D, dy: tf.Tensor2D): [tf.Tensor2D, tf.Tensor1D] {
   const [m, out] = dy.shape;
+  // The system BLAS reads x transposed in place and packs nothing across calls.
+  if (activeBlas()) return [gemm(x, dy, { transposeA: true }) as tf.Tensor2D, sumRows(dy)];
   if (out <= x.shape[1]) {
     return [tf.matMul(sharedTranspose(x) as tf.Tensor2D, dy), sumRows(dy)]; // [in, out], [out]
   }
@@ -150,9 +158,9 @@ const linearOp = fused(
   (x: tf.Tensor, w: tf.Tensor, b: tf.Tensor, save: tf.GradSaveFunc) => {
     save([x, w]);
     return {
-      value: tf.add(tf.matMul(x as tf.Tensor2D, w as tf.Tensor2D), b), // [M, out]
+      value: gemm(x, w, { bias: b }), // [M, out]
       gradFunc: (dy: tf.Tensor, [sx, sw]: tf.Tensor[]) => [
-        tf.matMul(dy as tf.Tensor2D, transposeLast(sw) as tf.Tensor2D), // dx = dy @ W^T  [M, in]
+        gemm(dy, sw, { transposeB: true }), // dx = dy @ W^T  [M, in]
         ...linearParamGrads(sx as tf.Tensor2D, dy as tf.Tensor2D), // dW [in, out], db [out]
       ],
     };
@@ -238,20 +246,20 @@ const attentionCoreOp = fused(
   (q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, save: tf.GradSaveFunc) => {
     const scale = 1 / Math.sqrt(q.shape[2] as number);
     const qs = tf.mul(q, scale); // [B, T, hd], the softmax scale folded into q
-    const p = tf.softmax(plainMatmul(qs, transposeLast(k))); // [B, T, T]
-    const o = plainMatmul(p, v); // [B, T, hd]
+    const p = tf.softmax(gemm(qs, k, { transposeB: true })); // [B, T, T]
+    const o = gemm(p, v); // [B, T, hd]
     save([qs, k, v, p, o]);
     return {
       value: o,
       gradFunc: (dO: tf.Tensor, [sq, sk, sv, sp, so]: tf.Tensor[]) => {
         // Softmax backward: dS = P * (dP - rowsum(dP * P)), and rowsum(dP * P) = rowsum(dO * O).
-        const dp = plainMatmul(dO, transposeLast(sv)); // [B, T, T]
+        const dp = gemm(dO, sv, { transposeB: true }); // [B, T, T]
         const ds = tf.mul(sp, tf.sub(dp, tf.sum(tf.mul(dO, so), -1, true))); // [B, T, T]
-        const dq = tf.mul(plainMatmul(ds, sk), scale); // [B, T, hd]
-        // The [T, T] operand goes on the left (transposed once): as the right operand of a product
-        // XNNPACK would repack it for every slice, which costs more than the transpose.
-        const dk = plainMatmul(transposeLast(ds), sq); // dS^T q  [B, T, hd]
-        const dv = plainMatmul(transposeLast(sp), dO); // P^T dO  [B, T, hd]
+        const dq = tf.mul(gemm(ds, sk), scale); // [B, T, hd]
+        // The [T, T] operand goes on the left (on XNNPACK transposed once: as the right operand
+        // of a product XNNPACK would repack it for every slice, which costs more than the copy).
+        const dk = gemm(ds, sq, { transposeA: true }); // dS^T q  [B, T, hd]
+        const dv = gemm(sp, dO, { transposeA: true }); // P^T dO  [B, T, hd]
         return [dq, dk, dv];
       },
     };

@@ -7,12 +7,16 @@
  * those transposed forms. Here the gradients materialise transposes explicitly (a cheap copy) and
  * batched products run slice by slice, so forward and backward are plain products throughout.
  * On other backends (`webgpu`, `cpu`, `tensorflow`) tfjs's kernels are used as they are.
+ * When the system BLAS is loaded (lib/runtime/blas.ts), every product on wasm runs there instead,
+ * on pointers into the wasm heap, with transposes as BLAS flags ({@link gemm}).
  * The maths is unchanged: `matmul(a, b)` is `a @ b` to float32 rounding.
  *
  * @module
  */
 
 import * as tf from "@tensorflow/tfjs-core";
+import { activeBlas, type Blas, heapAddress } from "../runtime/blas.ts";
+import { timeOp } from "../runtime/opstats.ts";
 
 /**
  * Whether products should be split into plain 2D XNNPACK products (the wasm backend).
@@ -49,6 +53,7 @@ interface WasmInternals {
   makeOutput(shape: number[], dtype: "float32"): tf.TensorInfo;
   dataIdMap: { get(dataId: unknown): { memoryOffset: number } };
   wasm: {
+    HEAPU8: Uint8Array;
     cwrap(name: string, ret: null, args: string[]): (...args: unknown[]) => void;
     tfjs: {
       registerTensor(id: number, size: number, offset: number): void;
@@ -118,8 +123,17 @@ function wasmBatched(a: tf.Tensor3D, b: tf.Tensor3D): tf.Tensor3D | null {
  * ```
  */
 export function plainMatmul(a: tf.Tensor, b: tf.Tensor): tf.Tensor {
-  if (a.rank === 2 || !plainOnly()) return tf.matMul(a as tf.Tensor3D, b as tf.Tensor3D);
-  const fast = wasmBatched(a as tf.Tensor3D, b as tf.Tensor3D);
+  if (!plainOnly()) return tf.matMul(a as tf.Tensor3D, b as tf.Tensor3D);
+  const blas = activeBlas();
+  if (blas) {
+    const out = blasGemm(blas, a, b, false, false);
+    if (out) return out;
+  }
+  if (a.rank === 2) return tf.matMul(a as tf.Tensor2D, b as tf.Tensor2D);
+  const fast = timeOp(
+    "BatchMatMul slices (xnnpack)",
+    () => wasmBatched(a as tf.Tensor3D, b as tf.Tensor3D),
+  );
   if (fast) return fast;
   // Fallback: slices cut from the data in JS (wasm's Slice/Unpack kernels are slow).
   const [nb, m, k] = a.shape;
@@ -137,6 +151,122 @@ export function plainMatmul(a: tf.Tensor, b: tf.Tensor): tf.Tensor {
   return tf.tensor3d(out, [nb, m, n]);
 }
 
+/** Options of {@link gemm}. */
+export interface GemmOptions {
+  /** Use `a^T` (of its last two axes) in place of `a`. */
+  transposeA?: boolean;
+  /** Use `b^T` (of its last two axes) in place of `b`. */
+  transposeB?: boolean;
+  /** A `[N]` row added to every row of the result (2D products only). */
+  bias?: tf.Tensor;
+}
+
+/**
+ * `op(a) @ op(b) (+ bias)`, 2D or batched 3D, without gradient. With the system BLAS active on
+ * wasm, one `cblas_sgemm` per slice on the heap: transposes are flags and the bias is written
+ * into the output before the product adds to it (no copies, no extra passes). Otherwise the
+ * transposes are materialised and the product is a plain XNNPACK one ({@link plainMatmul}).
+ *
+ * @example
+ * ```ts
+ * import * as tf from "@tensorflow/tfjs-core";
+ * import { gemm } from "./matmul.ts";
+ * const c = gemm(tf.ones([3, 2]), tf.ones([4, 3]), { transposeA: true, transposeB: true }); // [2, 4]
+ * ```
+ */
+export function gemm(a: tf.Tensor, b: tf.Tensor, options: GemmOptions = {}): tf.Tensor {
+  const { transposeA = false, transposeB = false, bias } = options;
+  const blas = plainOnly() ? activeBlas() : null;
+  if (blas) {
+    const out = blasGemm(blas, a, b, transposeA, transposeB, bias);
+    if (out) return out;
+  }
+  return tf.tidy(() => {
+    const p = plainOnly()
+      ? plainMatmul(transposeA ? transposeLast(a) : a, transposeB ? transposeLast(b) : b)
+      : tf.matMul(a as tf.Tensor3D, b as tf.Tensor3D, transposeA, transposeB);
+    return bias ? tf.add(p, bias) : p;
+  });
+}
+
+/**
+ * The BLAS product on the wasm heap (see {@link gemm}); null when the backend's internals are not
+ * as expected or a dtype is not float32 (then the caller takes the XNNPACK path).
+ */
+function blasGemm(
+  blas: Blas,
+  a: tf.Tensor,
+  b: tf.Tensor,
+  transA: boolean,
+  transB: boolean,
+  bias?: tf.Tensor,
+): tf.Tensor | null {
+  const be = tf.backend() as unknown as Partial<WasmInternals>;
+  if (!be.makeOutput || !be.dataIdMap?.get || !be.wasm?.HEAPU8) return null;
+  if (a.dtype !== "float32" || b.dtype !== "float32" || (bias && bias.dtype !== "float32")) {
+    return null;
+  }
+  const r = a.rank;
+  if ((r !== 2 && r !== 3) || b.rank !== r || (bias && (r !== 2 || bias.rank !== 1))) {
+    throw new Error(
+      `gemm: expected 2D or 3D operands of equal rank, got ${a.shape} and ${b.shape}`,
+    );
+  }
+  const nb = r === 3 ? a.shape[0] : 1;
+  const [ra, ca] = a.shape.slice(-2);
+  const [rb, cb] = b.shape.slice(-2);
+  const [m, k] = transA ? [ca, ra] : [ra, ca];
+  const [kb, n] = transB ? [cb, rb] : [rb, cb];
+  if (k !== kb || (r === 3 && b.shape[0] !== nb) || (bias && bias.shape[0] !== n)) {
+    throw new Error(
+      `gemm: shapes ${a.shape}${transA ? "^T" : ""} and ${b.shape}${transB ? "^T" : ""}` +
+        `${bias ? ` + bias ${bias.shape}` : ""} do not match`,
+    );
+  }
+  return timeOp(`sgemm ${r === 3 ? "batched" : "2D"} (blas)`, () => {
+    const shape = r === 3 ? [nb, m, n] : [m, n];
+    const out = tf.engine().makeTensorFromTensorInfo(be.makeOutput!(shape, "float32"));
+    const ids = be.dataIdMap!;
+    const offA = ids.get(a.dataId).memoryOffset;
+    const offB = ids.get(b.dataId).memoryOffset;
+    const offC = ids.get(out.dataId).memoryOffset;
+    // Taken after the allocation above, which may grow the heap (its base stays put; views change).
+    const heap = be.wasm!.HEAPU8;
+    const base = heapAddress(heap);
+    let beta = 0;
+    if (bias) {
+      // Every output row starts as the bias (doubling copies, memcpy speed); BLAS adds onto it.
+      const f32 = new Float32Array(heap.buffer, heap.byteOffset, heap.byteLength >> 2);
+      const [c0, b0] = [offC >> 2, ids.get(bias.dataId).memoryOffset >> 2];
+      f32.copyWithin(c0, b0, b0 + n);
+      for (let filled = n; filled < m * n;) {
+        const len = Math.min(filled, m * n - filled);
+        f32.copyWithin(c0 + filled, c0, c0 + len);
+        filled += len;
+      }
+      beta = 1;
+    }
+    for (let i = 0; i < nb; i++) {
+      blas.sgemm(
+        transA,
+        transB,
+        m,
+        n,
+        k,
+        1,
+        base + offA + 4 * i * ra * ca,
+        ca,
+        base + offB + 4 * i * rb * cb,
+        cb,
+        beta,
+        base + offC + 4 * i * m * n,
+        n,
+      );
+    }
+    return out;
+  });
+}
+
 const customMatmul = tf.customGrad(
   ((a: tf.Tensor, b: tf.Tensor, save: tf.GradSaveFunc) => {
     save([a, b]);
@@ -145,7 +275,7 @@ const customMatmul = tf.customGrad(
       // d(a@b)/da = dy @ b^T, d(a@b)/db = a^T @ dy, both as plain products.
       gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
         const [sa, sb] = saved;
-        return [plainMatmul(dy, transposeLast(sb)), plainMatmul(transposeLast(sa), dy)];
+        return [gemm(dy, sb, { transposeB: true }), gemm(sa, dy, { transposeA: true })];
       },
     };
     // tfjs types customGrad's callback with a rest parameter; ours takes (a, b, save).

@@ -17,6 +17,7 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs-core";
+import { blasStatus, loadBlas } from "./blas.ts";
 
 /** Names accepted by {@link loadBackend}. */
 export type BackendName = "wasm" | "cpu" | "webgpu" | "tensorflow";
@@ -32,6 +33,11 @@ export interface BackendInfo {
   threads?: number;
   /** wasm: whether the SIMD build is in use. */
   simd?: boolean;
+  /**
+   * wasm: what computes the matrix products: the system BLAS through FFI (e.g. "OpenBLAS 0.3.21
+   * (Haswell kernels, 2 threads) from libopenblas.so.0") or "XNNPACK" (see lib/runtime/blas.ts).
+   */
+  products?: string;
   /** webgpu: the adapter's description, e.g. "llvmpipe (LLVM 15.0.6, 256 bits)". */
   adapter?: string;
   /** webgpu: true for a software (fallback) adapter such as lavapipe. */
@@ -251,8 +257,12 @@ async function startWasm(threads: number): Promise<BackendInfo> {
     tf.tidy(() => tf.matMul(tf.ones([64, 64]), tf.ones([64, 64])).dataSync());
     releasePthreads();
   }
+  // Products go to the system BLAS when it loads; else XNNPACK, and we say why, once.
+  const blas = loadBlas();
+  if (!blas) console.error(`wasm: matrix products on XNNPACK (${blasStatus().reason}).`);
   // XNNPACK's real pool size (tfjs may cap it); 1 for the single-threaded build.
-  return { name: "wasm", threads: Math.max(1, wasm.getThreadsCount()), simd };
+  const threadsUsed = Math.max(1, wasm.getThreadsCount());
+  return { name: "wasm", threads: threadsUsed, simd, products: blas?.name ?? "XNNPACK" };
 }
 
 /**
