@@ -126,6 +126,8 @@ export {
   toPng,
   writePng,
 } from "./lib/io/image.ts";
+export { type GridLayout, gridLayout, MAX_GRID_PIXELS } from "./lib/io/pixels.ts";
+export { checkWritable } from "./lib/io/fs.ts";
 export { ClassNames, parseClassSelection } from "./lib/pipeline/classes.ts";
 export {
   loadOxford,

@@ -216,3 +216,37 @@ Deno.test({
 function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
   return a.length === b.length && a.every((v, i) => v === b[i]);
 }
+
+Deno.test({
+  name: "pipeline: onImage gets each image as it is made; keepImages: false returns none",
+  ignore: !ok,
+  fn: async () => {
+    const pipe = await pipeline();
+    const opts = { seed: 3, steps: 1, sampler: "euler" as const, batchSize: 2 };
+    const all = await pipe.generate("rose,sunflower,daffodil", opts);
+    const seen: GeneratedImage[] = [];
+    let lastProgressImages = -1;
+    const none = await pipe.generate("rose,sunflower,daffodil", {
+      ...opts,
+      keepImages: false,
+      onImage: async (im) => {
+        await Promise.resolve();
+        seen.push(im);
+      },
+      onProgress: (p) => (lastProgressImages = p.images),
+    });
+    assertEquals(none, []);
+    assertEquals(lastProgressImages, 3);
+    assertEquals(seen.map((im) => [im.index, im.className]), [
+      [0, "rose"],
+      [1, "sunflower"],
+      [2, "daffodil"],
+    ]);
+    for (let i = 0; i < 3; i++) assert(sameBytes(seen[i].pixels, all[i].pixels), `#${i}`);
+    // The grid's size is known before any image exists.
+    const g = pipe.gridSize(6, { cols: 2 });
+    assertEquals([g.cols, g.rows, g.width, g.height], [2, 3, 4 + 2 * 260, 4 + 3 * 281]);
+    const big = pipe.gridSize(4000, { cols: 4000 });
+    assertEquals([big.width, big.height], [4 + 4000 * 260, 285]);
+  },
+});

@@ -200,3 +200,115 @@ Deno.test({
     await Deno.remove(repo, { recursive: true });
   },
 });
+
+Deno.test({
+  name: "sample CLI: an unwritable --out/--out-dir is refused before any work, naming the path",
+  ignore: !ok,
+  fn: async () => {
+    // No weights in the repo: a check made only after loading would report those instead.
+    const repo = await Deno.makeTempDir({ prefix: "anthos-sample-" });
+    await Deno.writeTextFile(`${repo}/file.txt`, "x");
+    const cases: [string[], string][] = [
+      [["--out", "/proc/x.png"], "cannot write --out /proc/x.png: /proc does not accept new files"],
+      [["--out", repo], `cannot write --out ${repo}: it is a folder; give a file name`],
+      [
+        ["--out", `${repo}/file.txt/sub/x.png`],
+        `cannot write --out ${repo}/file.txt/sub/x.png: ${repo}/file.txt is a file, not a folder`,
+      ],
+      [["--out-dir", `${repo}/file.txt`], `cannot write --out-dir ${repo}/file.txt: it is a file`],
+    ];
+    for (const [args, msg] of cases) {
+      const r = await sampleTask(["rose", "--repo-dir", repo, ...args]);
+      assertEquals(r.code, 1, r.stderr);
+      assert(r.stderr.includes(msg), `${args.join(" ")}: ${r.stderr}`);
+      assert(!r.stderr.includes("model.safetensors"), r.stderr);
+      assert(!r.stderr.includes(".tmp"), r.stderr);
+    }
+    const both = await sampleTask(["rose", "--out", "a.png", "--out-dir", repo]);
+    assertEquals(both.code, 1, both.stderr);
+    assert(both.stderr.includes("give one of them"), both.stderr);
+    assertEquals([...Deno.readDirSync(repo)].map((e) => e.name), ["file.txt"]);
+    await Deno.remove(repo, { recursive: true });
+  },
+});
+
+Deno.test({
+  name:
+    "sample CLI: a grid too large is refused up front; --per-page and --out-dir save every image",
+  ignore: !ok,
+  fn: async () => {
+    const repo = await tempRepo();
+    const common = ["--steps", "1", "--sampler", "euler", "--repo-dir", repo, "--vae-dir", TAESD!];
+    // all -n 40 used to sample 4080 images, then fail in the grid with "exceeds pixel limit".
+    const big = await sampleTask(["all", "-n", "40", "--out", `${repo}/big.png`, ...common]);
+    assertEquals(big.code, 1, big.stderr);
+    assert(big.stderr.includes("one grid of 4080 images in 64 columns would be"), big.stderr);
+    assert(big.stderr.includes("over the 268402689-pixel limit"), big.stderr);
+    assert(big.stderr.includes("--per-page 256") && big.stderr.includes("--out-dir"), big.stderr);
+    const rose = await sampleTask(["rose", "-n", "4000", "--out", `${repo}/r.png`, ...common]);
+    assertEquals(rose.code, 1, rose.stderr);
+    assert(rose.stderr.includes("--per-page"), rose.stderr);
+    assert(!(await Deno.stat(`${repo}/big.png`).then(() => true, () => false)), "big.png written");
+
+    // The whole request as one grid, then as pages of 4, then as one file per image.
+    const cls = "rose,sunflower";
+    const one = await sampleTask([
+      cls,
+      "-n",
+      "3",
+      "--cols",
+      "2",
+      "--out",
+      `${repo}/s.png`,
+      ...common,
+    ]);
+    assertEquals(one.code, 0, one.stderr);
+    const paged = await sampleTask([
+      cls,
+      ...["-n", "3", "--cols", "2", "--per-page", "4", "--out", `${repo}/p.png`],
+      ...common,
+    ]);
+    assertEquals(paged.code, 0, paged.stderr);
+    assert(paged.stderr.includes(`wrote 2 grid pages, ${repo}/p-01.png .. ${repo}/p-02.png`));
+    const dir = `${repo}/each`;
+    const each = await sampleTask([cls, "-n", "2", "--out-dir", dir, ...common]);
+    assertEquals(each.code, 0, each.stderr);
+    assertEquals(
+      [...Deno.readDirSync(dir)].map((e) => e.name).sort(),
+      ["01-rose.png", "02-rose.png", "03-sunflower.png", "04-sunflower.png"],
+    );
+    const raw = async (path: string) => {
+      const { data, info } = await sharp(path).removeAlpha().raw()
+        .toBuffer({ resolveWithObject: true });
+      return { data, w: info.width, h: info.height };
+    };
+    /** The 256x256 tile at (col, row) of a captioned grid (4 px gaps, 21 px captions). */
+    const tile = (g: { data: Uint8Array; w: number }, col: number, row: number) => {
+      const out = new Uint8Array(256 * 256 * 3);
+      for (let y = 0; y < 256; y++) {
+        const from = ((4 + row * 281 + y) * g.w + 4 + col * 260) * 3;
+        out.set(g.data.subarray(from, from + 256 * 3), y * 256 * 3);
+      }
+      return out;
+    };
+    const s = await raw(`${repo}/s.png`);
+    const p1 = await raw(`${repo}/p-01.png`);
+    const p2 = await raw(`${repo}/p-02.png`);
+    assertEquals([s.w, s.h, p1.w, p1.h, p2.w, p2.h], [524, 847, 524, 566, 524, 285]);
+    // Image i sits at (i % 2, i / 2) in s.png; pages hold images 0-3 and 4-5.
+    for (let i = 0; i < 6; i++) {
+      const page = i < 4 ? p1 : p2;
+      const j = i % 4;
+      assertEquals(
+        tile(page, j % 2, Math.floor(j / 2)),
+        tile(s, i % 2, Math.floor(i / 2)),
+        `#${i}`,
+      );
+    }
+    // Per-image files: image 0 (rose) is the same picture as in the grid.
+    const first = await raw(`${dir}/01-rose.png`);
+    assertEquals([first.w, first.h], [256, 256]);
+    assertEquals(new Uint8Array(first.data), tile(s, 0, 0));
+    await Deno.remove(repo, { recursive: true });
+  },
+});

@@ -73,3 +73,75 @@ export async function exists(path: string): Promise<boolean> {
     throw e;
   }
 }
+
+/**
+ * Checks, before any long work, that `path` can be written: a file (default) whose folder exists
+ * or can be created, or with `{ dir: true }` a folder that can hold new files. Throws an error
+ * naming `what` (e.g. "--out") and the user's path with what to do: the path is a folder (or a
+ * file where a folder is wanted), a parent is a file, or the system refuses new files there
+ * (permissions, read-only or virtual file systems such as /proc). Creates nothing that stays.
+ *
+ * @example
+ * ```ts
+ * import { checkWritable } from "./fs.ts";
+ * await checkWritable("out/samples.png", { what: "--out" }); // ok: out/ will be created
+ * await checkWritable("/proc/x.png", { what: "--out" }); // throws: cannot write --out /proc/x.png ...
+ * ```
+ */
+export async function checkWritable(
+  path: string,
+  options: { what?: string; dir?: boolean } = {},
+): Promise<void> {
+  const label = options.what ? `${options.what} ${path}` : path;
+  const wantDir = options.dir ?? false;
+  const stat = await statOrNull(path);
+  if (stat && wantDir && !stat.isDirectory) {
+    throw new Error(`cannot write ${label}: it is a file, not a folder; give a folder's path`);
+  }
+  if (stat && !wantDir && stat.isDirectory) {
+    throw new Error(
+      `cannot write ${label}: it is a folder; give a file name, e.g. ` +
+        `${path.replace(/\/+$/, "")}/samples.png`,
+    );
+  }
+  // The nearest existing folder is where the file (or the folders leading to it) will be made.
+  let folder = wantDir ? path : dirname(path);
+  let fstat = await statOrNull(folder);
+  while (!fstat && folder !== dirname(folder)) {
+    folder = dirname(folder);
+    fstat = await statOrNull(folder);
+  }
+  if (fstat && !fstat.isDirectory) {
+    throw new Error(
+      `cannot write ${label}: ${folder} is a file, not a folder; choose another path`,
+    );
+  }
+  const probe = `${folder.replace(/\/+$/, "")}/.anthos-probe-${Deno.pid}-${
+    crypto.randomUUID().slice(0, 8)
+  }`;
+  try {
+    (await Deno.open(probe, { write: true, createNew: true })).close();
+  } catch (e) {
+    const why = e instanceof Deno.errors.PermissionDenied
+      ? "permission denied"
+      : e instanceof Deno.errors.NotFound
+      ? "the system does not allow new files there"
+      : (e as { code?: string }).code === "EROFS"
+      ? "the file system is read-only"
+      : (e as Error).name;
+    throw new Error(
+      `cannot write ${label}: ${folder} does not accept new files (${why}); ` +
+        `choose a path in a folder you can write to`,
+    );
+  }
+  await Deno.remove(probe).catch(() => {});
+}
+
+async function statOrNull(path: string): Promise<Deno.FileInfo | null> {
+  try {
+    return await Deno.stat(path);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound || e instanceof Deno.errors.NotADirectory) return null;
+    throw e;
+  }
+}

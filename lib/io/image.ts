@@ -20,7 +20,15 @@ import * as tf from "@tensorflow/tfjs-core";
 import { Buffer } from "node:buffer";
 import sharp from "sharp";
 import { writeFileAtomic } from "./fs.ts";
-import { checkRaw, encodePng, ImageError, type RawImage, tensorToRaw } from "./pixels.ts";
+import {
+  checkRaw,
+  encodePng,
+  gridLayout,
+  ImageError,
+  MAX_GRID_PIXELS,
+  type RawImage,
+  tensorToRaw,
+} from "./pixels.ts";
 
 // Pixels and PNG encoding live in pixels.ts (platform-free, shared with the browser demo).
 export { ImageError, type RawImage, tensorToRaw };
@@ -237,15 +245,24 @@ export async function makeGrid(
     );
   }
   const n = raws.length;
-  const cols = Math.max(1, Math.min(n, options.cols ?? Math.ceil(Math.sqrt(n))));
-  const rows = Math.ceil(n / cols);
   const pad = options.pad ?? 4;
   const fontSize = options.fontSize ?? 14;
   const tw = Math.max(...raws.map((r) => r.width));
   const th = Math.max(...raws.map((r) => r.height));
-  const capH = captions ? Math.ceil(fontSize * 1.5) : 0;
-  const width = pad + cols * (tw + pad);
-  const height = pad + rows * (th + capH + pad);
+  const { cols, rows, width, height, captionHeight: capH } = gridLayout(n, {
+    tileWidth: tw,
+    tileHeight: th,
+    cols: options.cols,
+    captions: captions !== undefined,
+    pad,
+    fontSize,
+  });
+  if (width * height > MAX_GRID_PIXELS) {
+    throw new ImageError(
+      `a grid of ${n} images in ${cols} columns and ${rows} rows would be ${width}x${height} ` +
+        `pixels, over the limit of ${MAX_GRID_PIXELS}: split the images over several grids`,
+    );
+  }
 
   const layers: sharp.OverlayOptions[] = raws.map((r, i) => ({
     input: Buffer.from(r.data.buffer, r.data.byteOffset, r.data.byteLength),

@@ -86,6 +86,63 @@ export function checkRaw(r: RawImage): void {
 }
 
 /**
+ * The largest grid image, in pixels: sharp's default input limit (16383 x 16383), which a grid
+ * reaches when it is composed. Larger grids fail only when they are drawn, so callers check
+ * {@link gridLayout} first.
+ */
+export const MAX_GRID_PIXELS = 16383 * 16383;
+
+/** Where the tiles of a grid go and how large the grid is (see {@link gridLayout}). */
+export interface GridLayout {
+  /** Tiles per row. */
+  cols: number;
+  /** Rows of tiles. */
+  rows: number;
+  /** Grid width in pixels. */
+  width: number;
+  /** Grid height in pixels. */
+  height: number;
+  /** Height of the caption strip under each tile (0 without captions). */
+  captionHeight: number;
+}
+
+/**
+ * The layout of a grid of `count` tiles of `tileWidth` x `tileHeight` pixels: columns (default
+ * ceil(sqrt(count)), at most `count`), rows and the total size, padding and captions included.
+ * The one place that knows the grid geometry, so a size can be checked before any work.
+ *
+ * @example
+ * ```ts
+ * import { gridLayout, MAX_GRID_PIXELS } from "./pixels.ts";
+ * const g = gridLayout(4000, { tileWidth: 256, tileHeight: 256, cols: 4000, captions: true });
+ * g.width * g.height > MAX_GRID_PIXELS; // true: split it into pages
+ * ```
+ */
+export function gridLayout(
+  count: number,
+  options: {
+    tileWidth: number;
+    tileHeight: number;
+    cols?: number;
+    captions?: boolean;
+    pad?: number;
+    fontSize?: number;
+  },
+): GridLayout {
+  const cols = Math.max(1, Math.min(count, options.cols ?? Math.ceil(Math.sqrt(count))));
+  const rows = Math.ceil(count / cols);
+  const pad = options.pad ?? 4;
+  const captionHeight = options.captions ? Math.ceil((options.fontSize ?? 14) * 1.5) : 0;
+  return {
+    cols,
+    rows,
+    width: pad + cols * (options.tileWidth + pad),
+    height: pad + rows * (options.tileHeight + captionHeight + pad),
+    captionHeight,
+  };
+}
+
+/**
  * Encodes 8-bit gray, RGB or RGBA pixels as PNG bytes (8 bits per channel, no filtering, zlib
  * via `CompressionStream("deflate")`). The one PNG writer of the project.
  *

@@ -18,7 +18,13 @@ import type { BackendName } from "../runtime/backend.ts";
 import { type ClassNames, parseClassSelection } from "./classes.ts";
 import type { DiT } from "../model/dit.ts";
 import { checkCfgScale, sample, type SamplerName } from "../model/flow.ts";
-import { encodePng, type RawImage, tensorToRaw } from "../io/pixels.ts";
+import {
+  encodePng,
+  type GridLayout,
+  gridLayout,
+  type RawImage,
+  tensorToRaw,
+} from "../io/pixels.ts";
 import { writeFileAtomic } from "../io/fs.ts";
 import { checkSeed, Rng } from "../runtime/rng.ts";
 import type { WeightsConfig } from "../model/weights.ts";
@@ -85,6 +91,13 @@ export interface GenerateOptions {
   decodeBatchSize?: number;
   /** Called after every sampling step and every decode. */
   onProgress?: (progress: GenerateProgress) => void;
+  /**
+   * Called (and awaited) with each image as soon as it is decoded, in request order: save images
+   * as they come, so a long request keeps what it made even if it stops early.
+   */
+  onImage?: (image: GeneratedImage) => void | Promise<void>;
+  /** Return the images (default true); `false` keeps memory flat when `onImage` saves them. */
+  keepImages?: boolean;
 }
 
 /** Options of {@link AnthosPipeline.grid}. */
@@ -297,6 +310,7 @@ export class AnthosPipeline {
     const batches = Math.ceil(n / o.batchSize);
     const total = batches * (o.steps + 1);
     let done = 0;
+    let made = 0;
     const out: GeneratedImage[] = [];
     const [h, w, c] = [this.model.config.inputSize, this.model.config.inputSize, 4];
     for (let start = 0; start < n; start += o.batchSize) {
@@ -315,7 +329,7 @@ export class AnthosPipeline {
           sampler: o.sampler,
           onStep: () => {
             done++;
-            o.onProgress?.({ done, total, images: out.length, totalImages: n, phase: "sample" });
+            o.onProgress?.({ done, total, images: made, totalImages: n, phase: "sample" });
           },
         });
       } finally {
@@ -331,15 +345,15 @@ export class AnthosPipeline {
           rgb.dispose();
           try {
             for (const tile of tiles) {
-              const i = out.length; // index in the request
-              out.push(
-                new GeneratedImage(await tensorToRaw(tile), {
-                  classId: ids[i],
-                  className: this.classes.name(ids[i]),
-                  index: i,
-                  seed: o.seed,
-                }),
-              );
+              const i = made++; // index in the request
+              const image = new GeneratedImage(await tensorToRaw(tile), {
+                classId: ids[i],
+                className: this.classes.name(ids[i]),
+                index: i,
+                seed: o.seed,
+              });
+              if (o.keepImages) out.push(image);
+              await o.onImage?.(image);
             }
           } finally {
             tf.dispose(tiles);
@@ -349,7 +363,7 @@ export class AnthosPipeline {
         latents.dispose();
       }
       done++;
-      o.onProgress?.({ done, total, images: out.length, totalImages: n, phase: "decode" });
+      o.onProgress?.({ done, total, images: made, totalImages: n, phase: "decode" });
     }
     return out;
   }
@@ -378,14 +392,41 @@ export class AnthosPipeline {
     });
   }
 
+  /**
+   * The layout and pixel size of the grid {@link AnthosPipeline.grid} would make of `count`
+   * images, known before generating any: check it against {@link MAX_GRID_PIXELS} up front.
+   *
+   * @example
+   * ```ts
+   * import { AnthosPipeline } from "./pipeline.ts";
+   * import { MAX_GRID_PIXELS } from "../io/pixels.ts";
+   * const pipe = await AnthosPipeline.load();
+   * const g = pipe.gridSize(4000, { cols: 4000 });
+   * if (g.width * g.height > MAX_GRID_PIXELS) console.log("too large for one grid: use pages");
+   * ```
+   */
+  gridSize(count: number, options: PipelineGridOptions = {}): GridLayout {
+    // The autoencoders decode each latent pixel to an 8x8 block of image pixels.
+    const side = this.model.config.inputSize * 8;
+    return gridLayout(count, {
+      tileWidth: side,
+      tileHeight: side,
+      cols: options.cols,
+      captions: options.captions !== false,
+    });
+  }
+
   /** Frees the model's and the autoencoder's weights. */
   dispose(): void {
     this.model.dispose();
     this.vae.dispose();
   }
 
-  #resolve(options: GenerateOptions): Required<Omit<GenerateOptions, "onProgress">> & {
+  #resolve(
+    options: GenerateOptions,
+  ): Required<Omit<GenerateOptions, "onProgress" | "onImage">> & {
     onProgress?: GenerateOptions["onProgress"];
+    onImage?: GenerateOptions["onImage"];
   } {
     const d = this.config.sampling;
     const o = {
@@ -397,6 +438,8 @@ export class AnthosPipeline {
       batchSize: options.batchSize ?? 16,
       decodeBatchSize: options.decodeBatchSize ?? 4,
       onProgress: options.onProgress,
+      onImage: options.onImage,
+      keepImages: options.keepImages ?? true,
     };
     const positiveInt = (name: string, v: number, hint: string) => {
       if (!Number.isInteger(v) || v < 1) {
