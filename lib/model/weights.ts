@@ -6,7 +6,7 @@
  */
 
 import { DEFAULT_CONFIG, type DiTConfig } from "./dit.ts";
-import { SAMPLE_DEFAULTS, type SamplerName } from "./flow.ts";
+import { CFG_SCALE_RANGE, SAMPLE_DEFAULTS, type SamplerName } from "./flow.ts";
 import { writeFileAtomic } from "../io/fs.ts";
 
 /** The contents of `weights/config.json`. */
@@ -69,7 +69,8 @@ export async function readWeightsConfig(path: string): Promise<WeightsConfig> {
 
 /**
  * Parses the text of `config.json` (no file access: the browser demo uses this with fetched
- * text); missing fields take the published defaults.
+ * text); missing fields take the published defaults. Types and ranges are checked: an error
+ * names the file, every bad field and a fix.
  *
  * @example
  * ```ts
@@ -94,6 +95,15 @@ export function parseWeightsConfig(
     );
   }
   const d = defaultWeightsConfig();
+  const problems = checkWeightsConfig(raw, d);
+  if (problems.length > 0) {
+    throw new Error(
+      `${path} is not a valid model config: ${problems.join("; ")}. Fix ${
+        problems.length > 1 ? "these fields" : "this field"
+      } (a field left out takes the published model's value), or re-export the model ` +
+        `with \`deno task convert\``,
+    );
+  }
   return {
     format: "anthos",
     model: { ...d.model, ...raw.model },
@@ -101,6 +111,117 @@ export function parseWeightsConfig(
     vae: { ...d.vae, ...raw.vae },
     training: raw.training,
   };
+}
+
+/** Every type or range problem of a parsed config.json, each naming its field and a fix. */
+function checkWeightsConfig(raw: unknown, d: WeightsConfig): string[] {
+  const kind = (v: unknown) =>
+    v === null
+      ? "null"
+      : Array.isArray(v)
+      ? "an array"
+      : typeof v === "string"
+      ? `the string ${JSON.stringify(v)}`
+      : `${v}`;
+  const isObject = (v: unknown): v is Record<string, unknown> =>
+    typeof v === "object" && v !== null && !Array.isArray(v);
+  if (!isObject(raw)) {
+    return [`it must hold a JSON object ({"format": "anthos", ...}), got ${kind(raw)}`];
+  }
+  const problems: string[] = [];
+  const quoted = (v: unknown) =>
+    typeof v === "string" && v.trim() !== "" && Number.isFinite(Number(v))
+      ? ` (write the number without quotes: ${v.trim()})`
+      : "";
+  const section = (name: "model" | "sampling" | "vae", allowed: readonly string[]) => {
+    const v = raw[name];
+    if (v === undefined) return {};
+    if (!isObject(v)) {
+      problems.push(`"${name}" must be an object, got ${kind(v)}`);
+      return {};
+    }
+    for (const k of Object.keys(v)) {
+      if (!allowed.includes(k)) {
+        problems.push(`unknown field "${name}.${k}" (known: ${allowed.join(", ")})`);
+      }
+    }
+    return v;
+  };
+  if (raw.format !== undefined && raw.format !== "anthos") {
+    problems.push(`"format" must be "anthos", got ${kind(raw.format)}`);
+  }
+  const model = section("model", Object.keys(d.model));
+  for (const [k, def] of Object.entries(d.model) as [keyof typeof d.model, number][]) {
+    const v = model[k];
+    if (v === undefined) continue;
+    const ok = k === "mlpRatio"
+      ? typeof v === "number" && Number.isFinite(v) && v > 0
+      : Number.isInteger(v) && (v as number) >= 1;
+    if (!ok) {
+      const want = k === "mlpRatio" ? "a number > 0" : "a positive integer";
+      problems.push(
+        `"model.${k}" must be ${want}, got ${kind(v)}${quoted(v)} (DiT-Nano/2 uses ${def})`,
+      );
+    }
+  }
+  const m = { ...d.model, ...model } as Record<string, unknown>;
+  const int = (k: string) => Number.isInteger(m[k]) && (m[k] as number) >= 1;
+  if (int("inputSize") && int("patchSize") && (m.inputSize as number) % (m.patchSize as number)) {
+    problems.push(
+      `"model.inputSize" ${m.inputSize} is not a multiple of "model.patchSize" ${m.patchSize}`,
+    );
+  }
+  if (
+    int("hiddenSize") && int("numHeads") &&
+    ((m.hiddenSize as number) % (m.numHeads as number) || (m.hiddenSize as number) % 4)
+  ) {
+    problems.push(
+      `"model.hiddenSize" ${m.hiddenSize} must divide by "model.numHeads" ${m.numHeads} and by 4`,
+    );
+  }
+  const sampling = section("sampling", Object.keys(d.sampling));
+  if (
+    sampling.steps !== undefined &&
+    !(Number.isInteger(sampling.steps) && (sampling.steps as number) >= 1)
+  ) {
+    problems.push(
+      `"sampling.steps" must be a positive integer, got ${kind(sampling.steps)}` +
+        `${quoted(sampling.steps)} (the published model uses ${d.sampling.steps})`,
+    );
+  }
+  if (sampling.cfgScale !== undefined) {
+    const { min, max } = CFG_SCALE_RANGE;
+    const v = sampling.cfgScale;
+    if (!(typeof v === "number" && v >= min && v <= max)) {
+      problems.push(
+        `"sampling.cfgScale" must be a number from ${min} to ${max}, got ${kind(v)}` +
+          `${quoted(v)} (the published model uses ${d.sampling.cfgScale})`,
+      );
+    }
+  }
+  if (
+    sampling.sampler !== undefined && sampling.sampler !== "heun" && sampling.sampler !== "euler"
+  ) {
+    problems.push(`"sampling.sampler" must be "heun" or "euler", got ${kind(sampling.sampler)}`);
+  }
+  const vae = section("vae", Object.keys(d.vae));
+  if (vae.name !== undefined && vae.name !== "sd-vae-ft-ema" && vae.name !== "taesd") {
+    problems.push(`"vae.name" must be "sd-vae-ft-ema" or "taesd", got ${kind(vae.name)}`);
+  }
+  if (
+    vae.scalingFactor !== undefined &&
+    !(typeof vae.scalingFactor === "number" && Number.isFinite(vae.scalingFactor) &&
+      vae.scalingFactor > 0)
+  ) {
+    problems.push(
+      `"vae.scalingFactor" must be a number > 0, got ${kind(vae.scalingFactor)}` +
+        `${quoted(vae.scalingFactor)} (SD VAE latents use ${d.vae.scalingFactor})`,
+    );
+  }
+  if (raw.training !== undefined && !isObject(raw.training)) {
+    problems.push(`"training" must be an object, got ${kind(raw.training)}`);
+  }
+  return problems;
 }
 
 /**
