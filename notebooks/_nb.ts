@@ -6,7 +6,7 @@
  */
 
 import { fileURLToPath } from "node:url";
-import { isQuick } from "../lib/cli/args.ts";
+import { env } from "../lib/runtime/env.ts";
 import type { LatentDataset } from "../lib/data/latents.ts";
 import { HELD_OUT_FRACTION, heldOutSplit, type LatentSplit } from "../lib/training/eval.ts";
 
@@ -14,11 +14,11 @@ import { HELD_OUT_FRACTION, heldOutSplit, type LatentSplit } from "../lib/traini
 export const ROOT: string = fileURLToPath(new URL("..", import.meta.url)).replace(/\/$/, "");
 
 /** The shared reference material: $ANTHOS_SHARED, else ../shared beside the project. */
-export const SHARED: string = Deno.env.get("ANTHOS_SHARED") ??
+export const SHARED: string = env.shared ??
   fileURLToPath(new URL("../../shared", import.meta.url)).replace(/\/$/, "");
 
 /** Where the notebooks write (latent cache, training log, weights); git-ignored. */
-export const RUNS: string = Deno.env.get("ANTHOS_NB_RUNS") ?? `${ROOT}/runs/notebooks`;
+export const RUNS: string = env.notebookRuns ?? `${ROOT}/runs/notebooks`;
 
 /** The latent cache notebook 01 writes and 02 trains on. */
 export const LATENTS: string = `${RUNS}/latents-taesd.safetensors`;
@@ -27,7 +27,7 @@ export const LATENTS: string = `${RUNS}/latents-taesd.safetensors`;
 export const TRAIN_LOG: string = `${RUNS}/train/log.jsonl`;
 
 /** True with ANTHOS_QUICK=1: every notebook shrinks its work to a CI-sized run. */
-export const QUICK: boolean = isQuick();
+export const QUICK: boolean = env.quick;
 
 /** The real TAESD weights in the shared folder. */
 export const TAESD_DIR: string = `${SHARED}/weights/taesd`;

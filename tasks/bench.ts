@@ -1,63 +1,64 @@
 // deno task bench: DiT-Nano/2 training and sampling throughput, autoencoder encode/decode time,
 // on each available backend, next to the PyTorch CPU anchor measured in the same run.
-import { parseArgs } from "node:util";
 import { fileURLToPath } from "node:url";
+import { parseCommandLine, splitList } from "../lib/cli/args.ts";
+import { env } from "../lib/runtime/env.ts";
 import { availableBackends, type BackendName, loadBackend } from "../lib/runtime/backend.ts";
 import { benchSampling, benchTraining, runTorchAnchor, type TorchBenchRow } from "../bench/dit.ts";
 import { benchAutoencoders } from "../bench/vae.ts";
 import { formatCounts } from "../bench/webgpu_counters.ts";
 
-const HELP = `deno task bench [options]
-
-Measures, on each backend: training steps/s (forward + backward + AdamW) of DiT-Nano/2 at each
-batch size, sampling time per image (Heun 50, CFG 4.0, latents only), and TAESD / SD VAE encode
-and decode time per 256x256 image; runs PyTorch CPU (shared/bench/bench_torch_cpu.py) first on
-the same machine and prints the ratios.
-
-Options:
-  --backends LIST     comma-separated (default: wasm, plus webgpu when an adapter exists)
-  --batches LIST      training batch sizes (default 32,256)
-  --micro-batch N     largest chunk per forward/backward on wasm (default 32; gradients accumulate)
-  --steps N           timed training steps per batch size (default 2)
-  --sample-batch N    images sampled together (default 16)
-  --no-torch          skip the PyTorch anchor
-  --no-vae            skip the autoencoder timings
-  --shared DIR        shared/ folder (default $ANTHOS_SHARED or ../shared)
-  --quick             batch 32 only, one timed step (also ANTHOS_QUICK=1)
-  -h, --help          this text
-`;
-
-const { values } = parseArgs({
-  args: Deno.args,
+const SPEC = {
+  name: "deno task bench",
+  description: "Measures, on each backend: training steps/s (forward + backward + AdamW) of " +
+    "DiT-Nano/2 at each batch size, sampling time per image (Heun 50, CFG 4.0, latents only), " +
+    "and TAESD / SD VAE encode and decode time per 256x256 image; runs PyTorch CPU " +
+    "(shared/bench/bench_torch_cpu.py) first on the same machine and prints the ratios.",
   options: {
-    backends: { type: "string" },
-    batches: { type: "string", default: "32,256" },
-    "micro-batch": { type: "string", default: "32" },
-    steps: { type: "string", default: "2" },
-    "sample-batch": { type: "string", default: "16" },
-    "no-torch": { type: "boolean", default: false },
-    "no-vae": { type: "boolean", default: false },
-    shared: { type: "string" },
-    quick: { type: "boolean", default: Deno.env.get("ANTHOS_QUICK") === "1" },
-    help: { type: "boolean", short: "h", default: false },
+    backends: {
+      type: "string",
+      placeholder: "LIST",
+      description: "comma-separated backends [default: wasm, plus webgpu when an adapter exists]",
+    },
+    batches: {
+      type: "string",
+      placeholder: "LIST",
+      default: "32,256",
+      description: "training batch sizes",
+    },
+    "micro-batch": {
+      type: "integer",
+      default: 32,
+      description: "largest chunk per forward/backward on wasm (gradients accumulate)",
+    },
+    steps: { type: "integer", default: 2, description: "timed training steps per batch size" },
+    "sample-batch": { type: "integer", default: 16, description: "images sampled together" },
+    "no-torch": { type: "boolean", description: "skip the PyTorch anchor" },
+    "no-vae": { type: "boolean", description: "skip the autoencoder timings" },
+    shared: {
+      type: "string",
+      placeholder: "DIR",
+      description: "shared/ folder [default: $ANTHOS_SHARED or ../shared]",
+    },
+    quick: { type: "boolean", description: "batch 32 only, one timed step (also ANTHOS_QUICK=1)" },
   },
-});
-if (values.help) {
-  console.log(HELP);
-  Deno.exit(0);
-}
-const shared = values.shared ?? Deno.env.get("ANTHOS_SHARED") ??
+  examples: ["deno task bench", "deno task bench --backends wasm,webgpu --batches 32 --no-vae"],
+} as const;
+
+const { values } = parseCommandLine(SPEC);
+values.quick ||= env.quick;
+const shared = values.shared ?? env.shared ??
   fileURLToPath(new URL("../../shared", import.meta.url));
-const batches = values.quick ? [32] : values.batches!.split(",").map(Number);
-const steps = values.quick ? 1 : Number(values.steps);
-const micro = Number(values["micro-batch"]);
-const sampleBatch = Number(values["sample-batch"]);
+const batches = values.quick ? [32] : splitList(values.batches).map(Number);
+const steps = values.quick ? 1 : values.steps;
+const micro = values.microBatch;
+const sampleBatch = values.sampleBatch;
 const backends = values.backends
-  ? values.backends.split(",") as BackendName[]
+  ? splitList(values.backends) as BackendName[]
   : (await availableBackends()).filter((b) => b === "wasm" || b === "webgpu");
 
 const torch = new Map<number, TorchBenchRow>();
-if (!values["no-torch"]) {
+if (!values.noTorch) {
   for (const b of batches) {
     console.error(`PyTorch CPU anchor, batch ${b} ...`);
     const row = await runTorchAnchor(`${shared}/bench/bench_torch_cpu.py`, {
@@ -114,7 +115,7 @@ for (const name of backends) {
   if (s.counts) {
     counters.push(`| ${label} | Heun step (CFG 4) | ${sampleBatch} | ${formatCounts(s.counts)} |`);
   }
-  if (!values["no-vae"]) {
+  if (!values.noVae) {
     const rows = await benchAutoencoders({ taesdDir: `${shared}/weights/taesd` });
     for (const r of rows) {
       lines.push(

@@ -6,8 +6,9 @@
  */
 
 import { type BackendName, loadBackend } from "../lib/runtime/backend.ts";
-import { BACKEND_OPTION, parseArgs, runMain } from "../lib/cli/args.ts";
-import { dirname } from "../lib/io/fs.ts";
+import { BACKEND_OPTION, parseCommandLine, runMain } from "../lib/cli/args.ts";
+import { AUTOENCODER_KINDS } from "../lib/autoencoders/autoencoder.ts";
+import { dirname } from "node:path";
 import { exportCheckpoint } from "../lib/training/export.ts";
 import { readSafetensors } from "../lib/io/safetensors.ts";
 
@@ -31,7 +32,7 @@ const SPEC = {
     },
     vae: {
       type: "string",
-      choices: ["taesd", "sd-vae-ft-ema"],
+      choices: AUTOENCODER_KINDS,
       description: "latent space of the model [default: the cache's]",
     },
     raw: { type: "boolean", description: "export the raw weights instead of the EMA" },
@@ -49,7 +50,7 @@ const SPEC = {
 } as const;
 
 async function main(): Promise<number> {
-  const { values: o } = parseArgs(SPEC);
+  const { values: o } = parseCommandLine(SPEC);
   await loadBackend(o.backend as BackendName | undefined);
   let latentMetadata: Record<string, string> | undefined;
   if (o.latents) {

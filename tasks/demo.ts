@@ -2,7 +2,8 @@
 // encode (TAESD, photos + mirror images) -> train (smoke preset) -> export -> sample a grid.
 // Each stage is the ordinary task, run as a subprocess, so this file only chains them.
 import { fileURLToPath } from "node:url";
-import { BACKEND_OPTION, isQuick, parseArgs } from "../lib/cli/args.ts";
+import { BACKEND_OPTION, parseCommandLine } from "../lib/cli/args.ts";
+import { env } from "../lib/runtime/env.ts";
 
 const SPEC = {
   name: "deno task demo",
@@ -23,9 +24,9 @@ const SPEC = {
   epilog: "Environment: ANTHOS_QUICK=1 makes every stage CI-sized (a few minutes in all).",
 } as const;
 
-const { values: o } = parseArgs(SPEC);
+const { values: o } = parseCommandLine(SPEC);
 const out = o.out;
-const shared = o.shared ?? Deno.env.get("ANTHOS_SHARED") ??
+const shared = o.shared ?? env.shared ??
   fileURLToPath(new URL("../../shared", import.meta.url));
 const taesd = `${shared}/weights/taesd`;
 const photos = `${shared}/data/oxford102`;
@@ -70,7 +71,7 @@ await run("convert", [
 await run("sample", [
   "pink primrose,sunflower,rose,daffodil,water lily,tiger lily,lotus,bird of paradise",
   ...["--repo-dir", out, "--vae", "taesd", "--vae-dir", taesd, "--seed", "0"],
-  ...["--steps", isQuick() ? "10" : "50", "--out", `${out}/flowers.png`],
+  ...["--steps", env.quick ? "10" : "50", "--out", `${out}/flowers.png`],
   ...backend,
 ]);
 console.error(

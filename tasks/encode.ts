@@ -6,9 +6,11 @@
 
 import { exists } from "../lib/io/fs.ts";
 import { loadAutoencoder } from "../lib/autoencoders/load.ts";
-import type { AutoencoderKind } from "../lib/autoencoders/autoencoder.ts";
+import { AUTOENCODER_KINDS, type AutoencoderKind } from "../lib/autoencoders/autoencoder.ts";
 import { type BackendName, loadBackend } from "../lib/runtime/backend.ts";
-import { BACKEND_OPTION, isQuick, parseArgs, runMain, splitList } from "../lib/cli/args.ts";
+import { BACKEND_OPTION, parseCommandLine, runMain, splitList } from "../lib/cli/args.ts";
+import { stopOnSignals } from "../lib/cli/abort.ts";
+import { env } from "../lib/runtime/env.ts";
 import { anthosHome } from "../lib/io/download.ts";
 import { encodeDataset } from "../lib/data/encode.ts";
 import { downloadOxford, loadOxford, type OxfordSplit } from "../lib/data/oxford.ts";
@@ -34,7 +36,7 @@ const SPEC = {
     },
     vae: {
       type: "string",
-      choices: ["taesd", "sd-vae-ft-ema"],
+      choices: AUTOENCODER_KINDS,
       // The published model lives in the SD VAE's latent space; TAESD is the fast CPU choice.
       default: "sd-vae-ft-ema",
       description: "autoencoder",
@@ -64,11 +66,11 @@ const SPEC = {
 } as const;
 
 async function main(): Promise<number> {
-  const { values: o } = parseArgs(SPEC);
+  const { values: o } = parseCommandLine(SPEC);
   const vaeName = o.vae as AutoencoderKind;
   const out = o.out ?? `runs/latents-${vaeName}.safetensors`;
   const splits = splitList(o.splits) as OxfordSplit[];
-  const limit = o.limit ?? (isQuick() ? 16 : undefined);
+  const limit = o.limit ?? (env.quick ? 16 : undefined);
 
   let dataDir = o.data;
   if (dataDir === undefined) {
@@ -94,13 +96,10 @@ async function main(): Promise<number> {
       `(${splits.join(",")}) with ${vaeName} on ${info.name} -> ${out}`,
   );
 
-  const stop = new AbortController();
-  const onSigint = () => {
-    if (stop.signal.aborted) Deno.exit(130);
-    console.error("\nstopping after the current chunk (Ctrl-C again to quit at once) ...");
-    stop.abort();
-  };
-  Deno.addSignalListener("SIGINT", onSigint);
+  const stop = stopOnSignals({
+    onStop: () =>
+      console.error("\nstopping after the current chunk (Ctrl-C again to quit at once) ..."),
+  });
   const bar = new ProgressBar(items.length, { label: "encode", unit: "img" });
   const t0 = performance.now();
   const res = await encodeDataset(items, vae, {
@@ -119,7 +118,7 @@ async function main(): Promise<number> {
       ...(limit !== undefined ? { limit: String(limit) } : {}),
     },
   });
-  Deno.removeSignalListener("SIGINT", onSigint);
+  stop.dispose();
   vae.dispose();
   const sec = (performance.now() - t0) / 1000;
   if (!res.complete) {

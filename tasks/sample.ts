@@ -5,9 +5,9 @@
  * @module
  */
 
-import type { AutoencoderKind } from "../lib/autoencoders/autoencoder.ts";
+import { AUTOENCODER_KINDS, type AutoencoderKind } from "../lib/autoencoders/autoencoder.ts";
 import { type BackendName, defaultBackendName } from "../lib/runtime/backend.ts";
-import { BACKEND_OPTION, CliError, parseArgs, runMain } from "../lib/cli/args.ts";
+import { BACKEND_OPTION, CliError, parseCommandLine, runMain } from "../lib/cli/args.ts";
 import { checkCfgScale, type SamplerName } from "../lib/model/flow.ts";
 import { AnthosPipeline, type GeneratedImage } from "../lib/pipeline/pipeline.ts";
 import { formatDuration, ProgressBar } from "../lib/cli/progress.ts";
@@ -75,7 +75,7 @@ const SPEC = {
     backend: BACKEND_OPTION,
     vae: {
       type: "string",
-      choices: ["taesd", "sd-vae-ft-ema"],
+      choices: AUTOENCODER_KINDS,
       description: "autoencoder for decoding; taesd = fast preview [default: config.json]",
     },
     "vae-dir": {
@@ -100,7 +100,7 @@ const SPEC = {
 } as const;
 
 async function main(): Promise<number> {
-  const { values: o, positionals } = parseArgs(SPEC);
+  const { values: o, positionals } = parseCommandLine(SPEC);
   if (positionals.length > 1) {
     throw new Error(
       `expected one class list, got ${positionals.length} arguments (${positionals.join(" ")}): ` +

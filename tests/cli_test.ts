@@ -1,7 +1,16 @@
 // The shared task helpers: argument parsing (types, defaults, errors that name the fix), help
 // text, and the progress bar in both terminal and plain-line modes (with a fake clock).
 import { assert, assertEquals, assertThrows } from "./_assert.ts";
-import { CliError, helpText, parseCommand, splitList } from "../lib/cli/args.ts";
+import {
+  BACKEND_OPTION,
+  CliError,
+  helpText,
+  parseArgs,
+  parseCommand,
+  parseCommandLine,
+  splitList,
+} from "../lib/cli/args.ts";
+import { BACKENDS } from "../lib/runtime/backend.ts";
 import { formatDuration, ProgressBar } from "../lib/cli/progress.ts";
 
 const SPEC = {
@@ -51,6 +60,68 @@ Deno.test("parseCommand: bad input names the flag and the fix", () => {
   assertThrows(() => parseCommand(SPEC, ["--vae", "kl"]), CliError, "one of taesd, sd-vae-ft-ema");
   const req = { ...SPEC, positionals: [{ name: "classes", description: "", required: true }] };
   assertThrows(() => parseCommand(req, []), CliError, "missing classes");
+});
+
+Deno.test("parseCommand: the other forms node:util tokenizes", () => {
+  // Short flag with attached or "=" value; a value that starts with "-"; repeated flags: last wins.
+  const p = parseCommand(SPEC, ["-b=4", "--lr", "-0.5", "--steps", "3", "--steps=7"]);
+  assertEquals([p.values.batchSize, p.values.lr, p.values.steps], [4, -0.5, 7]);
+  // Negative numbers are positionals, not short-flag groups.
+  assertEquals(parseCommand(SPEC, ["-12", "-3.5"]).positionals, ["-12", "-3.5"]);
+  // Switches with an explicit value; --no-x negates; -h after other flags.
+  const q = parseCommand(SPEC, ["--flip=false", "--resume=yes", "--no-resume", "-h"]);
+  assertEquals([q.values.flip, q.values.resume, q.help], [false, false, true]);
+  assertEquals(parseCommand(SPEC, ["--no-flip=false"]).values.flip, true);
+  assertThrows(() => parseCommand(SPEC, ["--flip=maybe"]), CliError, "is a switch");
+  // Unknown short flags and `--no-` on a valued flag are named.
+  assertThrows(() => parseCommand(SPEC, ["-x"]), CliError, "unknown option -x.");
+  assertThrows(() => parseCommand(SPEC, ["--no-steps"]), CliError, "unknown option --no-steps");
+  assertThrows(
+    () => parseCommand(SPEC, ["--batchsize", "2"]),
+    CliError,
+    "Did you mean --batch-size?",
+  );
+  const far = assertThrows(
+    () => parseCommand(SPEC, ["--zzzzzz"]),
+    CliError,
+    "--help for the options",
+  );
+  assert(!far.message.includes("Did you mean"), far.message);
+  // The backend flag offers exactly the backend list.
+  const spec = { name: "t", description: "", options: { backend: BACKEND_OPTION } } as const;
+  assertEquals(BACKEND_OPTION.choices, BACKENDS);
+  assertEquals(parseCommand(spec, ["--backend", "cpu"]).values.backend, "cpu");
+  assertThrows(() => parseCommand(spec, ["--backend", "gpu"]), CliError, "one of wasm, cpu");
+});
+
+Deno.test("parseCommandLine parses Deno.args-style input; parseArgs is its old name", () => {
+  assertEquals(parseCommandLine(SPEC, ["--steps", "5"]).values.steps, 5);
+  assertEquals(parseArgs, parseCommandLine);
+});
+
+Deno.test("parseCommandLine: --help prints the help text and exits 0 (subprocess)", async () => {
+  const root = new URL("..", import.meta.url).pathname;
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", `${root}tasks/bench.ts`, "--help"],
+    cwd: root,
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const text = new TextDecoder().decode(out.stdout);
+  assertEquals(out.code, 0, new TextDecoder().decode(out.stderr));
+  assert(text.startsWith("Usage: deno task bench [options]"), text);
+  assert(text.includes("--micro-batch N") && text.includes("[default: 32,256]"), text);
+  const bad = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", `${root}tasks/sample.ts`, "--vae", "kl"],
+    cwd: root,
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  assertEquals(bad.code, 1);
+  assert(
+    new TextDecoder().decode(bad.stderr).includes("--vae must be one of taesd, sd-vae-ft-ema"),
+    new TextDecoder().decode(bad.stderr),
+  );
 });
 
 Deno.test("helpText lists every option with defaults and choices", () => {

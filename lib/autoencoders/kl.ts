@@ -26,6 +26,8 @@ import {
 } from "./autoencoder.ts";
 import { Rng } from "../runtime/rng.ts";
 import { checkFinite, type RawTensor, readSafetensors } from "../io/safetensors.ts";
+import { checkStateDict, torchToTf } from "../io/state_dict.ts";
+import { silu } from "../model/ops.ts";
 
 /** The config.json fields this implementation reads (diffusers names). */
 export interface AutoencoderKLConfig {
@@ -168,17 +170,22 @@ export class AutoencoderKL implements Autoencoder {
     for (const [k, t] of tensors) {
       // Legacy attention names (query/key/value/proj_attn) -> current ones.
       const m = /^(.*\.attentions\.\d+\.)(query|key|value|proj_attn)(\.(?:weight|bias))$/.exec(k);
-      const name = m ? m[1] + LEGACY[m[2]] + m[3] : k;
-      if (!want.has(name)) fail(`unexpected key "${k}"`);
+      const name = m && want.has(m[1] + LEGACY[m[2]] + m[3]) ? m[1] + LEGACY[m[2]] + m[3] : k;
       if (renamed.has(name)) fail(`key "${k}" given twice (current and legacy attention names)`);
       renamed.set(name, t);
     }
+    checkStateDict(renamed, want, {
+      what: where,
+      // Attention projections may be stored as 1x1 convs [out, in, 1, 1] (older checkpoints).
+      alsoAccept: (_k, shape, expected) =>
+        expected.length === 2 && shape.join() === [...expected, 1, 1].join(),
+      hint: `The weights do not match config.json (block_out_channels ` +
+        `[${config.block_out_channels}], layers_per_block ${config.layers_per_block}); ` +
+        `use the config.json that came with these weights.`,
+    });
     const weights = new Map<string, tf.Tensor>();
     try {
-      for (const [k, shape] of want) {
-        const t = renamed.get(k) ?? fail(`missing key "${k}" (shape [${shape}])`);
-        weights.set(k, toTf(k, t, shape, fail));
-      }
+      for (const [k, shape] of want) weights.set(k, torchToTf(renamed.get(k)!, shape));
     } catch (e) {
       weights.forEach((t) => t.dispose());
       throw e;
@@ -330,19 +337,19 @@ export class AutoencoderKL implements Autoencoder {
 
   #encoder(images: tf.Tensor4D): tf.Tensor4D {
     const ch = this.config.block_out_channels;
-    let x = step(images, (im) => this.#conv("encoder.conv_in", tf.sub(tf.mul(im, 2), 1)));
+    let x = tidyStage(images, (im) => this.#conv("encoder.conv_in", tf.sub(tf.mul(im, 2), 1)));
     for (let i = 0; i < ch.length; i++) {
       const p = `encoder.down_blocks.${i}`;
       for (let j = 0; j < this.config.layers_per_block; j++) {
-        x = step(x, (h) => this.#resnet(`${p}.resnets.${j}`, h), true);
+        x = tidyStage(x, (h) => this.#resnet(`${p}.resnets.${j}`, h), true);
       }
       if (i < ch.length - 1) {
         // Pad right and bottom only, then a stride-2 3x3 conv.
-        x = step(x, (h) => this.#conv(`${p}.downsamplers.0.conv`, h, 2), true); // [N, H/2, W/2, C]
+        x = tidyStage(x, (h) => this.#conv(`${p}.downsamplers.0.conv`, h, 2), true); // [N, H/2, W/2, C]
       }
     }
     x = this.#mid("encoder.mid_block", x);
-    return step(x, (h) => {
+    return tidyStage(x, (h) => {
       const out = this.#conv("encoder.conv_out", silu(this.#norm("encoder.conv_norm_out", h)));
       return this.#conv("quant_conv", out); // [N, h, w, 2L]
     }, true);
@@ -350,30 +357,30 @@ export class AutoencoderKL implements Autoencoder {
 
   #decoder(z: tf.Tensor4D): tf.Tensor4D {
     const ch = this.config.block_out_channels;
-    let x = step(z, (h) => this.#conv("decoder.conv_in", this.#conv("post_quant_conv", h)));
+    let x = tidyStage(z, (h) => this.#conv("decoder.conv_in", this.#conv("post_quant_conv", h)));
     x = this.#mid("decoder.mid_block", x);
     for (let i = 0; i < ch.length; i++) {
       const p = `decoder.up_blocks.${i}`;
       for (let j = 0; j <= this.config.layers_per_block; j++) {
-        x = step(x, (h) => this.#resnet(`${p}.resnets.${j}`, h), true);
+        x = tidyStage(x, (h) => this.#resnet(`${p}.resnets.${j}`, h), true);
       }
       if (i < ch.length - 1) {
-        x = step(x, (h) => {
+        x = tidyStage(x, (h) => {
           const [, hh, ww] = h.shape;
           const up = tf.image.resizeNearestNeighbor(h, [2 * hh, 2 * ww]); // [N, 2H, 2W, C]
           return this.#conv(`${p}.upsamplers.0.conv`, up);
         }, true);
       }
     }
-    return step(x, (h) => {
+    return tidyStage(x, (h) => {
       return this.#conv("decoder.conv_out", silu(this.#norm("decoder.conv_norm_out", h)));
     }, true); // [N, H, W, 3]
   }
 
   #mid(p: string, x: tf.Tensor4D): tf.Tensor4D {
-    x = step(x, (h) => this.#resnet(`${p}.resnets.0`, h), true);
-    x = step(x, (h) => this.#attention(`${p}.attentions.0`, h), true);
-    return step(x, (h) => this.#resnet(`${p}.resnets.1`, h), true);
+    x = tidyStage(x, (h) => this.#resnet(`${p}.resnets.0`, h), true);
+    x = tidyStage(x, (h) => this.#attention(`${p}.attentions.0`, h), true);
+    return tidyStage(x, (h) => this.#resnet(`${p}.resnets.1`, h), true);
   }
 
   #resnet(p: string, x: tf.Tensor4D): tf.Tensor4D {
@@ -581,30 +588,8 @@ export function klWeightShapes(cfg: AutoencoderKLConfig): Map<string, number[]> 
   return m;
 }
 
-/** One PyTorch tensor -> TF layout: conv [out, in, kh, kw] -> [kh, kw, in, out], linear -> [in, out]. */
-function toTf(
-  key: string,
-  t: RawTensor,
-  shape: number[],
-  fail: (msg: string) => never,
-): tf.Tensor {
-  const data = t.data;
-  if (!(data instanceof Float32Array)) fail(`key "${key}" has dtype ${t.dtype}, expected a float`);
-  const isAttnLinear = shape.length === 2;
-  // Attention projections may be stored as 1x1 convs [out, in, 1, 1] (older checkpoints).
-  const ok = t.shape.join() === shape.join() ||
-    (isAttnLinear && t.shape.join() === [...shape, 1, 1].join());
-  if (!ok) fail(`key "${key}" has shape [${t.shape}], expected [${shape}]`);
-  return tf.tidy(() => {
-    const f = data as Float32Array;
-    if (shape.length === 1) return tf.tensor1d(f);
-    if (isAttnLinear) return tf.transpose(tf.tensor2d(f, shape as [number, number])); // [in, out]
-    return tf.transpose(tf.tensor4d(f, shape as [number, number, number, number]), [2, 3, 1, 0]);
-  });
-}
-
 /** Runs one stage in its own tidy and frees its input unless told to keep it. */
-function step(
+function tidyStage(
   x: tf.Tensor4D,
   fn: (x: tf.Tensor4D) => tf.Tensor4D,
   disposeInput = false,
@@ -612,8 +597,4 @@ function step(
   const y = tf.tidy(() => fn(x));
   if (disposeInput) x.dispose();
   return y;
-}
-
-function silu(x: tf.Tensor4D): tf.Tensor4D {
-  return tf.mul(x, tf.sigmoid(x));
 }

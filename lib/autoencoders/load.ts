@@ -12,6 +12,7 @@
  */
 
 import { exists } from "../io/fs.ts";
+import { env } from "../runtime/env.ts";
 import { type Autoencoder, type AutoencoderKind, AUTOENCODERS } from "./autoencoder.ts";
 import { AutoencoderKL } from "./kl.ts";
 import { anthosHome, downloadFile } from "../io/download.ts";
@@ -85,7 +86,7 @@ async function taesdCacheDir(): Promise<string> {
 
 /** Downloads (once) the SD VAE files into the cache and returns the folder. */
 async function fetchSdVae(options: LoadAutoencoderOptions): Promise<string> {
-  const endpoint = (options.endpoint ?? Deno.env.get("ANTHOS_HF_ENDPOINT") ??
+  const endpoint = (options.endpoint ?? env.hfEndpoint ??
     "https://huggingface.co").replace(/\/+$/, "");
   const dir = `${anthosHome()}/hub/${SD_VAE_REPO}`;
   for (const f of SD_VAE_FILES) {

@@ -16,6 +16,7 @@ import * as tf from "@tensorflow/tfjs-core";
 import { type Autoencoder, checkImageBatch, checkLatentBatch } from "./autoencoder.ts";
 import { Rng } from "../runtime/rng.ts";
 import { checkFinite, type RawTensor, readSafetensors } from "../io/safetensors.ts";
+import { checkStateDict, torchToTf } from "../io/state_dict.ts";
 
 /** One layer of the sequential encoder/decoder, by its index key in the weight file. */
 type Layer =
@@ -307,35 +308,20 @@ function conv3x3(
   }); // [N, H/stride, W/stride, Cout]
 }
 
-/** Takes exactly the weights `layers` needs from a file, converted to TF layout. */
+/** Takes exactly the weights `layers` needs from a file (no more, no less), in TF layout. */
 function takeWeights(
   tensors: Map<string, RawTensor>,
   layers: Layer[],
   where: string,
 ): Map<string, tf.Tensor> {
   const want = layerShapes(layers);
-  const bad = (msg: string): never => {
-    throw new Error(`${where}: ${msg}. Use the original TAESD weights (taesd_*.safetensors).`);
-  };
-  for (const k of tensors.keys()) if (!want.has(k)) bad(`unexpected key "${k}"`);
+  checkStateDict(tensors, want, {
+    what: where,
+    hint: "Use the original TAESD weights (taesd_*.safetensors).",
+  });
   const out = new Map<string, tf.Tensor>();
   try {
-    for (const [k, shape] of want) {
-      const t = tensors.get(k) ?? bad(`missing key "${k}"`);
-      if (t.shape.join() !== shape.join()) {
-        bad(`key "${k}" has shape [${t.shape}], expected [${shape}]`);
-      }
-      const data = t.data as Float32Array;
-      out.set(
-        k,
-        shape.length === 4
-          // PyTorch [out, in, kh, kw] -> TF [kh, kw, in, out]
-          ? tf.tidy(() =>
-            tf.transpose(tf.tensor4d(data, shape as [number, number, number, number]), [2, 3, 1, 0])
-          )
-          : tf.tensor1d(data),
-      );
-    }
+    for (const [k, shape] of want) out.set(k, torchToTf(tensors.get(k)!, shape));
   } catch (e) {
     out.forEach((t) => t.dispose());
     throw e;

@@ -1,6 +1,6 @@
 /**
  * Command-line plumbing shared by the deno tasks: a declarative option table that parses
- * `Deno.args` into typed values (kebab-case flags become camelCase keys), generates `--help`
+ * `Deno.args` (tokenized by `parseArgs` of `node:util`) into typed values (kebab-case flags become camelCase keys), generates `--help`
  * text, and turns bad input into an error that names the flag and the fix. {@link runMain} wraps
  * a task's `main` so errors print as one clean line and set the exit code.
  *
@@ -10,7 +10,10 @@
  * @module
  */
 
-import { editDistance } from "../pipeline/classes.ts";
+import { parseArgs as nodeParseArgs } from "node:util";
+import { BACKENDS } from "../runtime/backend.ts";
+import { env, envFlag as runtimeEnvFlag } from "../runtime/env.ts";
+import { closestMatch } from "../runtime/text.ts";
 
 /** The kind of value a flag takes. */
 export type OptionType = "string" | "boolean" | "number" | "integer";
@@ -89,11 +92,11 @@ export interface ParsedCommand<O extends Readonly<Record<string, OptionSpec>>> {
  */
 export const BACKEND_OPTION: {
   readonly type: "string";
-  readonly choices: readonly ["wasm", "cpu", "webgpu", "tensorflow"];
+  readonly choices: typeof BACKENDS;
   readonly description: string;
 } = {
   type: "string",
-  choices: ["wasm", "cpu", "webgpu", "tensorflow"],
+  choices: BACKENDS,
   description: "tfjs backend [default: $ANTHOS_BACKEND or wasm]",
 };
 
@@ -138,37 +141,40 @@ export function parseCommand<const S extends CommandSpec>(
   const values: Record<string, unknown> = {};
   const given = new Set<string>();
   const positionals: string[] = [];
-  const byShort = new Map<string, string>();
+  // node:util tokenizes (long/short/inline/grouped flags, `--`); types, choices, `--no-x` and
+  // "did you mean" are ours, so strict mode is off and every valued flag is a string to it.
+  const nodeOptions: Record<string, { type: "string" | "boolean"; short?: string }> = {};
   for (const [long, o] of Object.entries(spec.options)) {
     values[camelCase(long)] = o.default ?? (o.type === "boolean" ? false : undefined);
-    if (o.short) byShort.set(o.short, long);
+    nodeOptions[long] = { type: o.type === "boolean" ? "boolean" : "string" };
+    if (o.short) nodeOptions[long].short = o.short;
   }
+  if (!("help" in nodeOptions)) nodeOptions.help = { type: "boolean", short: "h" };
+  const { tokens } = nodeParseArgs({
+    args: [...args],
+    options: nodeOptions,
+    strict: false,
+    allowPositionals: true,
+    tokens: true,
+  });
   let help = false;
-  for (let i = 0; i < args.length; i++) {
-    const arg = args[i];
-    if (arg === "--") {
-      positionals.push(...args.slice(i + 1));
-      break;
+  let lastIndex = -1;
+  for (const token of tokens) {
+    if (token.kind === "option-terminator") continue;
+    if (token.kind === "positional") {
+      positionals.push(token.value);
+      continue;
     }
-    if (arg === "--help" || arg === "-h") {
+    if (/^-\d/.test(args[token.index])) {
+      // A negative number is a positional, not a group of short flags ("-12" -> "-1", "-2").
+      if (token.index !== lastIndex) positionals.push(args[token.index]);
+      lastIndex = token.index;
+      continue;
+    }
+    let name = token.name;
+    if (name === "help" && !("help" in spec.options)) {
       help = true;
       continue;
-    }
-    if (!arg.startsWith("-") || arg === "-" || /^-\d/.test(arg)) {
-      positionals.push(arg);
-      continue;
-    }
-    let name: string;
-    let inline: string | undefined;
-    if (arg.startsWith("--")) {
-      const eq = arg.indexOf("=");
-      name = eq < 0 ? arg.slice(2) : arg.slice(2, eq);
-      inline = eq < 0 ? undefined : arg.slice(eq + 1);
-    } else {
-      const long = byShort.get(arg.slice(1, 2));
-      if (!long) throw unknownFlag(spec, arg);
-      name = long;
-      inline = arg.length > 2 ? arg.slice(2).replace(/^=/, "") : undefined;
     }
     let o = spec.options[name];
     let negated = false;
@@ -177,23 +183,23 @@ export function parseCommand<const S extends CommandSpec>(
       o = spec.options[name];
       negated = true;
     }
-    if (!o) throw unknownFlag(spec, `--${name}`);
+    if (!o) throw unknownFlag(spec, token.rawName.startsWith("--") ? `--${name}` : token.rawName);
     const key = camelCase(name);
     given.add(key);
     if (o.type === "boolean") {
+      const inline = token.value;
       if (inline === undefined) values[key] = !negated;
       else if (/^(true|1|yes)$/i.test(inline)) values[key] = !negated;
       else if (/^(false|0|no)$/i.test(inline)) values[key] = negated;
       else throw new CliError(`--${name} is a switch: give it alone or as --${name}=true|false`);
       continue;
     }
-    let raw = inline;
+    let raw = token.value;
     if (raw === undefined) {
-      if (i + 1 >= args.length) {
-        throw new CliError(`--${name} needs a value: --${name} ${placeholder(name, o)}`);
-      }
-      raw = args[++i];
+      throw new CliError(`--${name} needs a value: --${name} ${placeholder(name, o)}`);
     }
+    // `-b=4` is `-b 4`, as `--batch=4` is `--batch 4`.
+    if (token.inlineValue && !token.rawName.startsWith("--")) raw = raw.replace(/^=/, "");
     values[key] = convert(name, o, raw);
   }
   const required = (spec.positionals ?? []).filter((p) => p.required);
@@ -243,20 +249,21 @@ export function helpText(spec: CommandSpec): string {
 }
 
 /**
- * Parses `Deno.args` (or `args`); on `--help` prints the help and exits 0. Errors propagate as
- * {@link CliError} (use inside {@link runMain}).
+ * Parses `Deno.args` (or `args`) with {@link parseCommand}; on `--help` prints the help and exits
+ * 0. Errors propagate as {@link CliError} (use inside {@link runMain}).
  *
  * @example
  * ```ts
- * import { parseArgs } from "./args.ts";
- * const { values } = parseArgs({
+ * import { parseCommandLine } from "./args.ts";
+ * const { values } = parseCommandLine({
  *   name: "deno task encode",
  *   description: "Encodes the dataset.",
  *   options: { limit: { type: "integer", description: "encode only the first N images" } },
- * });
+ * }, ["--limit", "16"]);
+ * if (values.limit !== 16) throw new Error(`got ${values.limit}`);
  * ```
  */
-export function parseArgs<const S extends CommandSpec>(
+export function parseCommandLine<const S extends CommandSpec>(
   spec: S,
   args: readonly string[] = Deno.args,
 ): ParsedCommand<S["options"]> {
@@ -267,6 +274,13 @@ export function parseArgs<const S extends CommandSpec>(
   }
   return parsed;
 }
+
+/**
+ * The old name of {@link parseCommandLine}.
+ *
+ * @deprecated Use {@link parseCommandLine} (this name clashes with `parseArgs` of `node:util`).
+ */
+export const parseArgs: typeof parseCommandLine = parseCommandLine;
 
 /**
  * Runs a task's `main`: its return value (default 0) is the exit code; an error prints as
@@ -283,7 +297,7 @@ export async function runMain(main: () => Promise<number | void>): Promise<never
   try {
     code = (await main()) ?? 0;
   } catch (e) {
-    const debug = envFlag("ANTHOS_DEBUG");
+    const debug = env.debug;
     const msg = e instanceof Error ? (debug ? e.stack ?? e.message : e.message) : String(e);
     console.error(`error: ${msg}`);
     code = 1;
@@ -293,6 +307,7 @@ export async function runMain(main: () => Promise<number | void>): Promise<never
 
 /**
  * True when `ANTHOS_QUICK` is set to a true-ish value: tasks shrink their work to a CI-sized run.
+ * Same as `env.quick` of lib/runtime/env.ts.
  *
  * @example
  * ```ts
@@ -301,27 +316,15 @@ export async function runMain(main: () => Promise<number | void>): Promise<never
  * ```
  */
 export function isQuick(): boolean {
-  return envFlag("ANTHOS_QUICK");
+  return env.quick;
 }
 
 /**
  * Reads a boolean environment variable (`1`, `true`, `yes`, `on`); false without env access.
  *
- * @example
- * ```ts
- * import { envFlag } from "./args.ts";
- * envFlag("CI");
- * ```
+ * @deprecated Import `envFlag` (or the `env` object) from lib/runtime/env.ts.
  */
-export function envFlag(name: string): boolean {
-  let v: string | undefined;
-  try {
-    v = Deno.env.get(name);
-  } catch {
-    return false;
-  }
-  return v !== undefined && /^(1|true|yes|on)$/i.test(v.trim());
-}
+export const envFlag: (name: string) => boolean = runtimeEnvFlag;
 
 /**
  * Splits a comma-separated list (`"train,val"`), trimming and dropping empty items.
@@ -385,11 +388,7 @@ function table(rows: [string, string][]): string[] {
 }
 
 function unknownFlag(spec: CommandSpec, flag: string): CliError {
-  const name = flag.replace(/^-+/, "");
-  const close = Object.keys(spec.options)
-    .map((k) => [k, editDistance(k, name)] as const)
-    .filter(([, d]) => d <= Math.max(2, Math.floor(name.length / 3)))
-    .sort((a, b) => a[1] - b[1])[0];
-  const hint = close ? ` Did you mean --${close[0]}?` : "";
+  const close = closestMatch(flag.replace(/^-+/, ""), Object.keys(spec.options));
+  const hint = close ? ` Did you mean --${close}?` : "";
   return new CliError(`unknown option ${flag}.${hint} Run ${spec.name} --help for the options.`);
 }

@@ -13,6 +13,8 @@
  */
 
 import { anthosHome, downloadFile } from "../io/download.ts";
+import { isDir, isFile } from "../io/fs.ts";
+import { env } from "../runtime/env.ts";
 import { loadMat, type MatArray } from "../io/matlab.ts";
 
 /** The three official splits. */
@@ -176,7 +178,7 @@ export async function downloadOxford(
   dir: string = `${anthosHome()}/oxford102`,
   options: DownloadOxfordOptions = {},
 ): Promise<string> {
-  const base = (options.baseUrl ?? Deno.env.get("ANTHOS_OXFORD_URL") ?? OXFORD_URL)
+  const base = (options.baseUrl ?? env.oxfordUrl ?? OXFORD_URL)
     .replace(/\/+$/, "");
   const verify = options.verify ?? true;
   const hasImages = await isDir(`${dir}/jpg`);
@@ -322,22 +324,6 @@ function octal(field: Uint8Array): number {
   const n = parseInt(text || "0", 8);
   if (!Number.isFinite(n)) throw new Error(`bad tar size field "${text}"`);
   return n;
-}
-
-async function isDir(path: string): Promise<boolean> {
-  try {
-    return (await Deno.stat(path)).isDirectory;
-  } catch {
-    return false;
-  }
-}
-
-async function isFile(path: string): Promise<boolean> {
-  try {
-    return (await Deno.stat(path)).isFile;
-  } catch {
-    return false;
-  }
 }
 
 /** Exact-size reads from a byte stream (tar needs 512-byte blocks, streams give any size). */

@@ -12,7 +12,8 @@
 
 import { createHash, type Hash } from "node:crypto";
 import { homedir } from "node:os";
-import { dirname } from "./fs.ts";
+import { dirname } from "node:path";
+import { env } from "../runtime/env.ts";
 
 /** Options of {@link downloadFile}. */
 export interface DownloadOptions {
@@ -40,9 +41,9 @@ export interface DownloadOptions {
  * ```
  */
 export function anthosHome(): string {
-  const home = Deno.env.get("ANTHOS_HOME");
+  const home = env.home;
   if (home) return home;
-  const xdg = Deno.env.get("XDG_CACHE_HOME");
+  const xdg = env.xdgCacheHome;
   if (xdg) return `${xdg}/anthos`;
   return `${homedir()}/.cache/anthos`;
 }

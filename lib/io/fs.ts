@@ -3,8 +3,13 @@
  * renamed over the target. A reader (or a crash) sees either the old file or the new one, never a
  * half-written file, which is what keeps checkpoints, caches and exported weights safe.
  *
+ * Also the one home of the small file-system predicates ({@link exists}, {@link isFile},
+ * {@link isDir}) the library uses.
+ *
  * @module
  */
+
+import { dirname as pathDirname } from "node:path";
 
 /**
  * Writes `data` to `path` atomically (temp file in the same folder + fsync + rename).
@@ -12,7 +17,9 @@
  * @example
  * ```ts
  * import { writeFileAtomic } from "./fs.ts";
- * await writeFileAtomic("/tmp/anthos-example.bin", new Uint8Array([1, 2, 3]));
+ * const path = `${await Deno.makeTempDir()}/sub/example.bin`; // missing folders are made
+ * await writeFileAtomic(path, new Uint8Array([1, 2, 3]));
+ * if ((await Deno.readFile(path)).length !== 3) throw new Error("expected 3 bytes");
  * ```
  */
 export async function writeFileAtomic(
@@ -20,7 +27,7 @@ export async function writeFileAtomic(
   data: Uint8Array | string,
   options: { mkdir?: boolean } = {},
 ): Promise<void> {
-  const dir = dirname(path);
+  const dir = pathDirname(path);
   if (options.mkdir ?? true) await Deno.mkdir(dir, { recursive: true });
   // The temp name is unique per process and call, so concurrent writers never share one.
   const tmp = `${path}.${Deno.pid}.${crypto.randomUUID().slice(0, 8)}.tmp`;
@@ -44,32 +51,60 @@ export async function writeFileAtomic(
 /**
  * The folder part of a path ("." when there is none).
  *
- * @example
- * ```ts
- * import { dirname } from "./fs.ts";
- * dirname("weights/model.safetensors"); // "weights"
- * ```
+ * @deprecated Use `dirname` from `node:path` (this is a re-export of it).
  */
-export function dirname(path: string): string {
-  const i = path.replace(/\/+$/, "").lastIndexOf("/");
-  return i < 0 ? "." : i === 0 ? "/" : path.slice(0, i);
-}
+export const dirname: (path: string) => string = pathDirname;
 
 /**
- * Whether a file or folder exists (other errors, e.g. permissions, are thrown).
+ * Whether a file or folder exists. A missing path (or a path through a file) is `false`; other
+ * errors, e.g. permissions, are thrown.
  *
  * @example
  * ```ts
  * import { exists } from "./fs.ts";
- * if (!(await exists("weights/model.safetensors"))) console.log("no weights yet");
+ * if (!(await exists(import.meta.dirname!))) throw new Error("this folder exists");
+ * if (await exists("/no/such/anthos/path")) throw new Error("this path does not");
  * ```
  */
 export async function exists(path: string): Promise<boolean> {
+  return (await statOrNull(path)) !== null;
+}
+
+/**
+ * Whether `path` is a regular file (a symlink to one counts). Missing paths are `false`; other
+ * errors are thrown.
+ *
+ * @example
+ * ```ts
+ * import { isFile } from "./fs.ts";
+ * if (!(await isFile(new URL(import.meta.url).pathname))) throw new Error("this file is a file");
+ * if (await isFile(import.meta.dirname!)) throw new Error("a folder is not a file");
+ * ```
+ */
+export async function isFile(path: string): Promise<boolean> {
+  return (await statOrNull(path))?.isFile ?? false;
+}
+
+/**
+ * Whether `path` is a folder (a symlink to one counts). Missing paths are `false`; other errors
+ * are thrown.
+ *
+ * @example
+ * ```ts
+ * import { isDir } from "./fs.ts";
+ * if (!(await isDir(import.meta.dirname!))) throw new Error("this folder is a folder");
+ * if (await isDir(new URL(import.meta.url).pathname)) throw new Error("a file is not a folder");
+ * ```
+ */
+export async function isDir(path: string): Promise<boolean> {
+  return (await statOrNull(path))?.isDirectory ?? false;
+}
+
+async function statOrNull(path: string): Promise<Deno.FileInfo | null> {
   try {
-    await Deno.stat(path);
-    return true;
+    return await Deno.stat(path);
   } catch (e) {
-    if (e instanceof Deno.errors.NotFound) return false;
+    if (e instanceof Deno.errors.NotFound || e instanceof Deno.errors.NotADirectory) return null;
     throw e;
   }
 }

@@ -17,9 +17,10 @@ import * as tf from "@tensorflow/tfjs-core";
 // (into the global registry shared with tfjs-core), so training works on every backend.
 import "@tensorflow/tfjs";
 import { matmul } from "./matmul.ts";
+import { silu } from "./ops.ts";
+import { isWasmBackend } from "../runtime/backend.ts";
 import {
   attentionCore,
-  fusedKernels,
   gatedResidual,
   layerNormFused,
   linearBias,
@@ -33,6 +34,7 @@ import {
   type TensorToWrite,
   writeSafetensors,
 } from "../io/safetensors.ts";
+import { checkStateDict } from "../io/state_dict.ts";
 
 // ---------------------------------------------------------------- configuration
 
@@ -338,7 +340,7 @@ function linear(x: tf.Tensor, l: Linear): tf.Tensor {
   const [i, o] = l.weight.shape;
   const lead = x.shape.slice(0, -1);
   const x2 = tf.reshape(x, [-1, i]) as tf.Tensor2D; // [M, in]
-  if (l.bias && fusedKernels()) {
+  if (l.bias && isWasmBackend()) {
     return tf.reshape(linearBias(x2, l.weight as tf.Tensor2D, l.bias as tf.Tensor1D), [...lead, o]);
   }
   const xw = matmul(x2, l.weight); // [M, out]
@@ -348,14 +350,14 @@ function linear(x: tf.Tensor, l: Linear): tf.Tensor {
 
 /** LayerNorm over the last axis without affine parameters (biased variance, as torch). */
 function layerNorm(x: tf.Tensor, eps = 1e-6): tf.Tensor {
-  if (fusedKernels()) return layerNormFused(x, eps);
+  if (isWasmBackend()) return layerNormFused(x, eps);
   const { mean, variance } = tf.moments(x, -1, true);
   return tf.mul(tf.sub(x, mean), tf.rsqrt(tf.add(variance, eps)));
 }
 
 /** x * (1 + scale) + shift, with per-sample shift/scale `[N, D]` broadcast over tokens. */
 function modulate(x: tf.Tensor, shift: tf.Tensor, scale: tf.Tensor): tf.Tensor {
-  if (fusedKernels()) {
+  if (isWasmBackend()) {
     return modulateFused(x as tf.Tensor3D, shift as tf.Tensor2D, scale as tf.Tensor2D);
   }
   const [n, d] = shift.shape;
@@ -373,7 +375,7 @@ function attention(x: tf.Tensor, p: BlockParams["attn"], heads: number): tf.Tens
   const ws = tf.split(p.qkv.weight, 3, 1); // 3 x [D, D]
   const bs = tf.split(p.qkv.bias!, 3); // 3 x [D]
   const [q0, k0, v] = [0, 1, 2].map((i) => {
-    const y = fusedKernels()
+    const y = isWasmBackend()
       ? linearBias(x2 as tf.Tensor2D, ws[i] as tf.Tensor2D, bs[i] as tf.Tensor1D)
       : tf.add(matmul(x2, ws[i]), bs[i]); // [NT, D]
     return tf.reshape(tf.transpose(tf.reshape(y, [n * t, heads, hd]), [1, 0, 2]), [
@@ -385,7 +387,7 @@ function attention(x: tf.Tensor, p: BlockParams["attn"], heads: number): tf.Tens
   const q = layerNorm(q0);
   const k = layerNorm(k0);
   let a: tf.Tensor; // [HN, T, hd]
-  if (fusedKernels()) {
+  if (isWasmBackend()) {
     a = attentionCore(q as tf.Tensor3D, k as tf.Tensor3D, v as tf.Tensor3D);
   } else {
     // k is transposed once here so both products are plain (see matmul.ts).
@@ -400,12 +402,8 @@ function attention(x: tf.Tensor, p: BlockParams["attn"], heads: number): tf.Tens
 function swiglu(x: tf.Tensor, p: BlockParams["mlp"]): tf.Tensor {
   const a = linear(x, p.w1); // [N, T, H]
   const b = linear(x, p.w2); // [N, T, H]
-  const gated = fusedKernels() ? swigluGate(a, b) : tf.mul(tf.mul(a, tf.sigmoid(a)), b); // [N, T, H]
+  const gated = isWasmBackend() ? swigluGate(a, b) : tf.mul(tf.mul(a, tf.sigmoid(a)), b); // [N, T, H]
   return linear(gated, p.w3); // [N, T, D]
-}
-
-function silu(x: tf.Tensor): tf.Tensor {
-  return tf.mul(x, tf.sigmoid(x));
 }
 
 /** One DiT block with adaLN-Zero conditioning. x: [N, T, D], c: [N, D]. */
@@ -420,7 +418,9 @@ function ditBlock(x: tf.Tensor, c: tf.Tensor, p: BlockParams, heads: number): tf
 
 /** x + gate * h, with a per-sample gate `[N, D]` broadcast over tokens. */
 function residual(x: tf.Tensor, gate: tf.Tensor, h: tf.Tensor): tf.Tensor {
-  if (fusedKernels()) return gatedResidual(x as tf.Tensor3D, gate as tf.Tensor2D, h as tf.Tensor3D);
+  if (isWasmBackend()) {
+    return gatedResidual(x as tf.Tensor3D, gate as tf.Tensor2D, h as tf.Tensor3D);
+  }
   const [n, d] = gate.shape;
   return tf.add(x, tf.mul(tf.reshape(gate, [n, 1, d]), h));
 }
@@ -585,27 +585,11 @@ export class DiT {
     );
     for (const np of namedParams(skeleton.params, c)) expected.set(np.key, np.torchShape);
     skeleton.dispose();
-    const problems: string[] = [];
-    for (const [key, shape] of expected) {
-      const t = tensors.get(key);
-      if (!t) problems.push(`missing key "${key}" (expected shape [${shape}])`);
-      else if (t.shape.join(",") !== shape.join(",")) {
-        problems.push(`key "${key}" has shape [${t.shape}], expected [${shape}]`);
-      } else if (!(t.data instanceof Float32Array)) {
-        problems.push(`key "${key}" has dtype ${t.dtype}, expected a float type`);
-      }
-    }
-    for (const key of tensors.keys()) {
-      if (!expected.has(key)) problems.push(`unexpected key "${key}"`);
-    }
-    if (problems.length) {
-      throw new Error(
-        `${where} does not hold DiT weights for this architecture ` +
-          `(${c.depth} blocks, width ${c.hiddenSize}): ${problems.slice(0, 8).join("; ")}` +
-          `${problems.length > 8 ? `; and ${problems.length - 8} more` : ""}. ` +
-          `Pass the matching config, or export the weights with \`deno task convert\`.`,
-      );
-    }
+    checkStateDict(tensors, expected, {
+      what: `${where} does not hold DiT weights for this architecture ` +
+        `(${c.depth} blocks, width ${c.hiddenSize})`,
+      hint: "Pass the matching config, or export the weights with exportCheckpoint().",
+    });
     // NaN/Inf weights would give black or flat images with no error: refuse them by name.
     checkFinite(tensors, {
       source: where,

@@ -6,7 +6,7 @@
  * reductions. Each op here runs a few kernels forward, saves only what its closed-form gradient
  * needs, and keeps every product a plain XNNPACK product (see matmul.ts). The maths is exactly
  * that of the plain tf ops in dit.ts (to float32 rounding); dit.ts uses these ops when
- * {@link fusedKernels} is true and plain autodiff elsewhere.
+ * `isWasmBackend()` (lib/runtime/backend.ts) is true and plain autodiff elsewhere.
  *
  * @module
  */
@@ -14,20 +14,7 @@
 import * as tf from "@tensorflow/tfjs-core";
 import { activeBlas } from "../runtime/blas.ts";
 import { timeOp } from "../runtime/opstats.ts";
-import { gemm, plainOnly, transposeLast } from "./matmul.ts";
-
-/**
- * Whether dit.ts should use the fused ops of this file (true on the wasm backend).
- *
- * @example
- * ```ts
- * import { fusedKernels } from "./kernels.ts";
- * if (fusedKernels()) console.log("fused wasm path");
- * ```
- */
-export function fusedKernels(): boolean {
-  return plainOnly();
-}
+import { gemm, transposeLast } from "./matmul.ts";
 
 /** What a fused op's body returns: its value and the closed-form gradient. */
 interface Fused {

@@ -17,19 +17,7 @@
 import * as tf from "@tensorflow/tfjs-core";
 import { activeBlas, type Blas, heapAddress } from "../runtime/blas.ts";
 import { timeOp } from "../runtime/opstats.ts";
-
-/**
- * Whether products should be split into plain 2D XNNPACK products (the wasm backend).
- *
- * @example
- * ```ts
- * import { plainOnly } from "./matmul.ts";
- * plainOnly(); // true on wasm
- * ```
- */
-export function plainOnly(): boolean {
-  return tf.getBackend() === "wasm";
-}
+import { isWasmBackend } from "../runtime/backend.ts";
 
 /**
  * Swaps the last two axes (materialised).
@@ -123,7 +111,7 @@ function wasmBatched(a: tf.Tensor3D, b: tf.Tensor3D): tf.Tensor3D | null {
  * ```
  */
 export function plainMatmul(a: tf.Tensor, b: tf.Tensor): tf.Tensor {
-  if (!plainOnly()) return tf.matMul(a as tf.Tensor3D, b as tf.Tensor3D);
+  if (!isWasmBackend()) return tf.matMul(a as tf.Tensor3D, b as tf.Tensor3D);
   const blas = activeBlas();
   if (blas) {
     const out = blasGemm(blas, a, b, false, false);
@@ -176,13 +164,13 @@ export interface GemmOptions {
  */
 export function gemm(a: tf.Tensor, b: tf.Tensor, options: GemmOptions = {}): tf.Tensor {
   const { transposeA = false, transposeB = false, bias } = options;
-  const blas = plainOnly() ? activeBlas() : null;
+  const blas = isWasmBackend() ? activeBlas() : null;
   if (blas) {
     const out = blasGemm(blas, a, b, transposeA, transposeB, bias);
     if (out) return out;
   }
   return tf.tidy(() => {
-    const p = plainOnly()
+    const p = isWasmBackend()
       ? plainMatmul(transposeA ? transposeLast(a) : a, transposeB ? transposeLast(b) : b)
       : tf.matMul(a as tf.Tensor3D, b as tf.Tensor3D, transposeA, transposeB);
     return bias ? tf.add(p, bias) : p;
@@ -295,6 +283,6 @@ const customMatmul = tf.customGrad(
  * ```
  */
 export function matmul<T extends tf.Tensor>(a: T, b: tf.Tensor): T {
-  if (!plainOnly()) return tf.matMul(a as tf.Tensor3D, b as tf.Tensor3D) as unknown as T;
+  if (!isWasmBackend()) return tf.matMul(a as tf.Tensor3D, b as tf.Tensor3D) as unknown as T;
   return customMatmul(a, b) as T;
 }

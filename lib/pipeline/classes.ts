@@ -7,6 +7,8 @@
  * @module
  */
 
+import { editDistance as textEditDistance } from "../runtime/text.ts";
+
 /**
  * Canonical form used for matching: lowercase, hyphens/underscores as spaces, apostrophes dropped,
  * whitespace collapsed.
@@ -189,7 +191,7 @@ export class ClassNames {
   closest(text: string, k = 3): number[] {
     const key = normalizeClassName(text);
     return this.names
-      .map((name, id) => ({ id, d: editDistance(key, normalizeClassName(name)) }))
+      .map((name, id) => ({ id, d: textEditDistance(key, normalizeClassName(name)) }))
       .sort((a, b) => a.d - b.d || a.id - b.id)
       .slice(0, k)
       .map((c) => c.id);
@@ -241,22 +243,8 @@ export function parseClassSelection(
 }
 
 /**
- * Levenshtein distance (insert, delete, substitute: cost 1 each), for "did you mean" hints.
+ * Levenshtein distance (moved to lib/runtime/text.ts).
  *
- * @example
- * ```ts
- * import { editDistance } from "./classes.ts";
- * editDistance("rose", "roses"); // 1
- * ```
+ * @deprecated Import `editDistance` from lib/runtime/text.ts.
  */
-export function editDistance(a: string, b: string): number {
-  let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
-  for (let i = 1; i <= a.length; i++) {
-    const cur = [i];
-    for (let j = 1; j <= b.length; j++) {
-      cur[j] = Math.min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1));
-    }
-    prev = cur;
-  }
-  return prev[b.length];
-}
+export const editDistance: (a: string, b: string) => number = textEditDistance;

@@ -13,6 +13,7 @@ import { loadBackend } from "../runtime/backend.ts";
 import { ClassNames } from "./classes.ts";
 import { DiT } from "../model/dit.ts";
 import { readWeightsConfig } from "../model/weights.ts";
+import { isFile } from "../io/fs.ts";
 import type { PipelineLoadOptions, PipelineParts } from "./pipeline.ts";
 
 /**
@@ -62,13 +63,4 @@ export async function loadPipelineParts(options: PipelineLoadOptions = {}): Prom
     throw e;
   }
   return { model, vae, classes, config };
-}
-
-async function isFile(path: string): Promise<boolean> {
-  try {
-    return (await Deno.stat(path)).isFile;
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) return false;
-    throw e;
-  }
 }

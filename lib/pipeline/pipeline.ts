@@ -26,7 +26,7 @@ import {
   tensorToRaw,
 } from "../io/pixels.ts";
 import { writeFileAtomic } from "../io/fs.ts";
-import { checkSeed, Rng } from "../runtime/rng.ts";
+import { checkSeed, deriveSeed, IMAGE_NOISE_STREAM, Rng } from "../runtime/rng.ts";
 import type { WeightsConfig } from "../model/weights.ts";
 
 // This module runs unchanged in the browser demo (web/): it imports nothing that needs Deno or
@@ -471,11 +471,7 @@ export class AnthosPipeline {
  * ```
  */
 export function imageSeed(seed: number, index: number): number {
-  let h = (Math.trunc(seed) ^ 0x51ed270b) >>> 0;
-  h = Math.imul(h ^ (h >>> 16), 0x85ebca6b) >>> 0;
-  h = (h ^ Math.imul(index + 1, 0xc2b2ae35)) >>> 0;
-  h = Math.imul(h ^ (h >>> 13), 0x27d4eb2f) >>> 0;
-  return (h ^ (h >>> 16)) >>> 0;
+  return deriveSeed(seed, IMAGE_NOISE_STREAM, index);
 }
 
 function toBase64(bytes: Uint8Array): string {

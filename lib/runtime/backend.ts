@@ -18,6 +18,7 @@
  */
 import * as tf from "@tensorflow/tfjs-core";
 import { blasStatus, loadBlas } from "./blas.ts";
+import { env as anthosEnv, ENV_VARS } from "./env.ts";
 
 /** Names accepted by {@link loadBackend}. */
 export type BackendName = "wasm" | "cpu" | "webgpu" | "tensorflow";
@@ -62,7 +63,7 @@ export interface LoadBackendOptions {
 }
 
 /** The env var that names the default backend. */
-export const BACKEND_ENV = "ANTHOS_BACKEND";
+export const BACKEND_ENV: "ANTHOS_BACKEND" = ENV_VARS.backend;
 
 const TFJS_VERSION = "4.22.0";
 /** Most pthreads the threaded wasm build can use: it pre-spawns this many workers. */
@@ -125,6 +126,22 @@ export async function loadBackend(
 }
 
 /**
+ * Whether the active tfjs backend is `wasm`. Model code asks this to pick its wasm fast path:
+ * fused layers with hand-written gradients (lib/model/kernels.ts) and products split into plain
+ * 2D XNNPACK products (lib/model/matmul.ts); other backends run tfjs's own kernels.
+ *
+ * @example
+ * ```ts
+ * import { isWasmBackend, loadBackend } from "./backend.ts";
+ * await loadBackend("cpu");
+ * if (isWasmBackend()) throw new Error("cpu is not wasm");
+ * ```
+ */
+export function isWasmBackend(): boolean {
+  return tf.getBackend() === "wasm";
+}
+
+/**
  * The backend named by `$ANTHOS_BACKEND`, else `"wasm"` (also when env access is not granted).
  *
  * @example
@@ -135,12 +152,7 @@ export async function loadBackend(
  * ```
  */
 export function defaultBackendName(): BackendName {
-  let env: string | undefined;
-  try {
-    env = Deno.env.get(BACKEND_ENV);
-  } catch {
-    env = undefined; // no --allow-env: fall back to the default
-  }
+  const env = anthosEnv.backend; // undefined without --allow-env: the default
   if (env == null || env.trim() === "") return "wasm";
   return checkName(env.trim(), `$${BACKEND_ENV}`);
 }
@@ -180,12 +192,12 @@ async function activate(name: BackendName): Promise<void> {
 // ---------------------------------------------------------------------------------------- wasm
 
 /** The env var that sets the wasm thread count (default: the number of CPUs, at most 8). */
-export const WASM_THREADS_ENV = "ANTHOS_WASM_THREADS";
+export const WASM_THREADS_ENV: "ANTHOS_WASM_THREADS" = ENV_VARS.wasmThreads;
 
 function wasmThreads(options: LoadBackendOptions): number {
   // XNNPACK's pool threads spin-wait for each other: on a machine whose cores are busy with
   // other work, one thread can be 2x faster than two (measured), hence the override.
-  const env = Deno.env.get(WASM_THREADS_ENV);
+  const env = anthosEnv.wasmThreads;
   const n = options.threads ?? (env ? Number(env) : undefined) ??
     Math.min(navigator.hardwareConcurrency || 1, WASM_MAX_THREADS);
   if (!Number.isInteger(n) || n < 1 || n > WASM_MAX_THREADS) {

@@ -14,8 +14,10 @@
  * @module
  */
 
+import { env as anthosEnv, ENV_VARS } from "./env.ts";
+
 /** The env var that switches BLAS off (`0`, `off`, `false`, `no`) or names the library file. */
-export const BLAS_ENV = "ANTHOS_BLAS";
+export const BLAS_ENV: "ANTHOS_BLAS" = ENV_VARS.blas;
 
 /** cblas enum values (row-major layout, transpose flags). */
 const ROW_MAJOR = 101;
@@ -214,12 +216,7 @@ export function heapAddress(view: ArrayBufferView): number {
 }
 
 function readEnv(): string | undefined {
-  try {
-    const v = Deno.env.get(BLAS_ENV)?.trim();
-    return v ? v : undefined;
-  } catch {
-    return undefined; // no --allow-env: defaults
-  }
+  return anthosEnv.blas?.trim() || undefined; // unset without --allow-env: defaults
 }
 
 function open(file: string): Blas {
