@@ -171,12 +171,3 @@ export async function checkWritable(
   }
   await Deno.remove(probe).catch(() => {});
 }
-
-async function statOrNull(path: string): Promise<Deno.FileInfo | null> {
-  try {
-    return await Deno.stat(path);
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound || e instanceof Deno.errors.NotADirectory) return null;
-    throw e;
-  }
-}
