@@ -80,7 +80,7 @@ for (const name of backends) {
   const label = name === "wasm"
     ? `wasm (${info.threads} thread${info.threads === 1 ? "" : "s"}, SIMD ${
       info.simd ? "on" : "off"
-    })`
+    }, products on ${info.products?.replace(/ from .*/, "")})`
     : name === "webgpu"
     ? `webgpu (${info.adapter})`
     : name;
@@ -125,6 +125,15 @@ for (const name of backends) {
     }
   }
 }
+// What shapes the numbers on a shared machine: the load, and the OpenBLAS settings (ours and
+// PyTorch's products both use the system OpenBLAS, so they see the same ones).
+const openblasEnv = Object.entries(Deno.env.toObject())
+  .filter(([k]) => /^OPENBLAS_(CORETYPE|L2_SIZE|NUM_THREADS)$/.test(k))
+  .map(([k, v]) => `${k}=${v}`).join(" ") || "none";
+console.log(
+  `load average ${Deno.loadavg().map((x) => x.toFixed(2)).join(" ")} at the end; ` +
+    `OpenBLAS env: ${openblasEnv}\n`,
+);
 console.log(lines.join("\n"));
 if (counters.length > 0) {
   console.log("\nGPU calls per step (webgpu; training reads the loss back every 10 steps):\n");

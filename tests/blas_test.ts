@@ -78,8 +78,9 @@ for (const products of ["blas", "xnnpack"] as const) {
     withProducts(products, async () => {
       const n0 = tf.memory().numTensors;
       await checkGemm();
-      // The heap grows (by ~600 MB) while tensors stay alive: the pointers must follow.
-      const big = tf.zeros([150_000_000]);
+      // The heap grows past 2 GiB while tensors stay alive: the pointers must follow, and
+      // offsets above 2^31 must stay positive.
+      const big = tf.zeros([560_000_000]);
       await checkGemm();
       big.dispose();
       assertEquals(tf.memory().numTensors, n0);

@@ -224,8 +224,9 @@ function blasGemm(
     let beta = 0;
     if (bias) {
       // Every output row starts as the bias (doubling copies, memcpy speed); BLAS adds onto it.
-      const f32 = new Float32Array(heap.buffer, heap.byteOffset, heap.byteLength >> 2);
-      const [c0, b0] = [offC >> 2, ids.get(bias.dataId).memoryOffset >> 2];
+      // (>>> 2, not >> 2: the heap and its offsets pass 2 GiB.)
+      const f32 = new Float32Array(heap.buffer, heap.byteOffset, heap.byteLength >>> 2);
+      const [c0, b0] = [offC >>> 2, ids.get(bias.dataId).memoryOffset >>> 2];
       f32.copyWithin(c0, b0, b0 + n);
       for (let filled = n; filled < m * n;) {
         const len = Math.min(filled, m * n - filled);
