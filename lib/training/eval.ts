@@ -150,7 +150,8 @@ export function heldOutSplit(data: SplitInput, options: SplitOptions = {}): Late
 
 /**
  * A new dataset holding the latents at `indices` (e.g. a split's `train`), gathered on the
- * device. The caller disposes its `latents`.
+ * device. The caller disposes its `latents`. It carries no `parts`: split the full dataset, then
+ * select (a split of a selection would see other identities).
  *
  * @example
  * ```ts
