@@ -126,6 +126,14 @@ async function main(): Promise<number> {
     return 130;
   }
   bar.finish();
+  if (res.skipped.length > 0) {
+    const list = res.skipped.slice(0, 10).map((s) => s.path).join(", ");
+    console.error(
+      `skipped ${res.skipped.length} unreadable photo(s), not in the cache: ${list}` +
+        `${res.skipped.length > 10 ? `, and ${res.skipped.length - 10} more` : ""} ` +
+        `(reasons above; replace them and encode again to include them)`,
+    );
+  }
   const ms = res.encoded ? (sec * 1000) / res.encoded : 0;
   console.error(
     `wrote ${out}: ${res.count} latents [${res.latentShape}] in ${formatDuration(sec)}` +

@@ -40,6 +40,7 @@ Deno.test({
         encoded: 5,
         reusedChunks: 0,
         latentShape: [32, 32, 4],
+        skipped: [],
       });
       assert(!(await exists(`${straight}.parts`)), "parts folder removed");
       const data = await loadLatents(straight);
@@ -117,6 +118,67 @@ Deno.test({
       });
       assertEquals([res.complete, res.count, res.reusedChunks], [true, 1, 0]);
       assert(logs.some((m) => m.includes("starting over")), logs.join("\n"));
+    });
+
+    await t.step("an unreadable photo is named and skipped; finished chunks stay", async () => {
+      // A text file saved as a .jpg between real photos used to crash the run with an uncaught
+      // ImageError while a chunk was being written, losing it and leaving a 0-byte .tmp.
+      const bad = `${tmp}/image_00118.jpg`;
+      await Deno.writeTextFile(bad, "this is not a photo\n");
+      const withBad = [items[0], items[1], { path: bad, label: 7 }, ...items.slice(2)];
+      const out = `${tmp}/skip.safetensors`;
+      const logs: string[] = [];
+      const res = await encodeDataset(withBad, vae, { out, ...opts, onLog: (m) => logs.push(m) });
+      assertEquals([res.complete, res.count, res.encoded], [true, 10, 5]);
+      assertEquals(res.skipped.map((x) => x.path), [bad]);
+      assert(res.skipped[0].reason.includes("is not a readable image"), res.skipped[0].reason);
+      assert(logs.some((m) => m.includes(`skipping photo ${bad}`)), logs.join("\n"));
+      // The cache holds exactly the readable photos, labels in step: the straight run's latents.
+      const a = await loadLatents(straight);
+      const b = await loadLatents(out);
+      assertEquals(Array.from(b.labels), Array.from(a.labels));
+      assertEquals(b.metadata.skipped, "1");
+      assertEquals(b.metadata.images, "5");
+      assertLess(relErr(await b.latents.data(), await a.latents.data()), 2e-3);
+      tf.dispose([a.latents, b.latents]);
+      const left = [...Deno.readDirSync(tmp)].map((e) => e.name);
+      assert(!left.some((f) => f.endsWith(".tmp") || f.endsWith(".parts")), left.join(", "));
+    });
+
+    await t.step("a damaged part is found first and encoded again", async () => {
+      const out = `${tmp}/damaged.safetensors`;
+      const stop = new AbortController();
+      await encodeDataset(items, vae, {
+        out,
+        ...opts,
+        signal: stop.signal,
+        onProgress: (done) => done >= 4 && stop.abort(), // chunks 0 and 1 are finished
+      });
+      const parts = [...Deno.readDirSync(`${out}.parts`)].map((e) => e.name).sort();
+      assertEquals(parts, [
+        "chunk_000000.safetensors",
+        "chunk_000001.safetensors",
+        "manifest.json",
+      ]);
+      // Chunk 1 is cut short (a disk error, a bad copy): found before any encoding, then redone.
+      const part = `${out}.parts/chunk_000001.safetensors`;
+      await Deno.writeFile(part, (await Deno.readFile(part)).slice(0, 100));
+      const events: string[] = [];
+      const res = await encodeDataset(items, vae, {
+        out,
+        ...opts,
+        onLog: (m) => events.push(m),
+        onProgress: (done, _n, reused) => events.push(`progress ${done}${reused ? " reused" : ""}`),
+      });
+      assertEquals([res.complete, res.reusedChunks, res.encoded], [true, 1, 3]);
+      const damaged = events.findIndex((m) => m.includes("chunk_000001.safetensors is damaged"));
+      assert(damaged >= 0, events.join("\n"));
+      assert(events[damaged].includes("encoding that chunk again"), events[damaged]);
+      assert(!events[damaged].includes("download"), events[damaged]);
+      assert(damaged < events.findIndex((m) => m.startsWith("progress")), events.join("\n"));
+      const a = await Deno.readFile(straight);
+      const b = await Deno.readFile(out);
+      assert(a.length === b.length && a.every((v, i) => v === b[i]), "cache differs");
     });
 
     vae.dispose();

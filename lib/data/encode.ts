@@ -8,8 +8,12 @@
  *
  * Encoding the full set takes a while, so it is resumable: finished chunks of images are written
  * atomically into `<out>.parts/` beside a manifest of the settings; a rerun after a kill skips
- * them. The cache itself is written atomically at the end and the parts are then removed, so a
- * cache file on disk is always complete.
+ * them (each is checked first; a damaged one is encoded again). The cache itself is written
+ * atomically at the end and the parts are then removed, so a cache file on disk is always complete.
+ *
+ * A photo that cannot be read (not an image, truncated, unreadable file) is reported by name and
+ * skipped; the cache then holds the other photos, their labels in step, and the run says how many
+ * were skipped.
  *
  * @module
  */
@@ -50,7 +54,7 @@ export interface EncodeDatasetOptions {
    * from chunks of an earlier run (no encoding time spent).
    */
   onProgress?: (done: number, total: number, reused: boolean) => void;
-  /** Messages worth telling the user (resumed chunks, stale parts). */
+  /** Messages worth telling the user (resumed chunks, stale or damaged parts, skipped photos). */
   onLog?: (message: string) => void;
   /** Stops after the chunk in progress is saved (e.g. Ctrl-C); the run can be resumed later. */
   signal?: AbortSignal;
@@ -68,6 +72,8 @@ export interface EncodeResult {
   reusedChunks: number;
   /** Latent shape `[h, w, c]` of one image. */
   latentShape: [number, number, number];
+  /** Photos that could not be read and are not in the cache (resumed chunks' included). */
+  skipped: { path: string; reason: string }[];
 }
 
 const MANIFEST = "manifest.json";
@@ -116,7 +122,7 @@ export async function encodeDataset(
   // The manifest pins everything that decides the content; parts made otherwise are stale.
   const manifest = {
     format: "anthos-latent-parts",
-    version: 1,
+    version: 2,
     vae: vae.kind,
     dtype,
     flip,
@@ -125,7 +131,7 @@ export async function encodeDataset(
     items: n,
     fingerprint: await fingerprint(items),
   };
-  const reused = await prepareParts(partsDir, manifest, log);
+  const reused = await prepareParts(partsDir, manifest, log, { n, chunk, copies });
 
   let latentShape: [number, number, number] | null = null;
   let done = 0;
@@ -134,9 +140,20 @@ export async function encodeDataset(
   const report = (reused = false) => options.onProgress?.(done, n, reused);
 
   // Decoding JPEGs (sharp, on libuv threads) overlaps with encoding: the next batch is requested
-  // before the current one runs through the autoencoder.
+  // before the current one runs through the autoencoder. A photo that fails to read becomes an
+  // entry with its reason (never a rejected promise, which would crash the run mid-write).
   const read = (from: number, to: number) =>
-    Promise.all(items.slice(from, to).map((it) => readImageRaw(it.path, { size })));
+    Promise.all(
+      items.slice(from, to).map((it, k) =>
+        readImageRaw(it.path, { size }).then(
+          (raw): PhotoRead => ({ index: from + k, raw }),
+          (e): PhotoRead => ({
+            index: from + k,
+            error: e instanceof Error ? e.message : String(e),
+          }),
+        )
+      ),
+    );
   const batches: [number, number][] = [];
   for (let c = 0; c < nChunks; c++) {
     if (reused.has(c)) continue;
@@ -145,102 +162,139 @@ export async function encodeDataset(
   }
   let pending = batches.length ? read(...batches[0]) : null;
   let bi = 0;
+  const skipped = new Map<number, string>();
 
   for (let c = 0; c < nChunks; c++) {
     const start = c * chunk;
     const end = Math.min(n, start + chunk);
     const partPath = `${partsDir}/${partName(c)}`;
     if (reused.has(c)) {
+      for (const [i, why] of reused.get(c)!) skipped.set(i, why);
       reusedChunks++;
       done = end;
       report(true);
       continue;
     }
     if (options.signal?.aborted) {
-      await pending?.catch(() => {}); // the prefetched batch is not needed any more
+      await pending; // the prefetched batch is not needed any more (it never rejects)
       return {
         complete: false,
         count: 0,
         encoded,
         reusedChunks,
         latentShape: latentShape ?? [0, 0, 0],
+        skipped: skippedList(items, skipped),
       };
     }
     const outs: Float32Array[] = [];
     const flips: Float32Array[] = [];
+    const index: number[] = [];
+    const skippedHere: [number, string][] = [];
     while (bi < batches.length && batches[bi][0] < end) {
-      const raws = await pending!;
+      const got = await pending!;
       bi++;
       pending = bi < batches.length ? read(...batches[bi]) : null;
-      const { orig, flipped, shape } = await encodeBatch(vae, raws, flip);
-      latentShape = shape;
-      outs.push(orig);
-      if (flipped) flips.push(flipped);
-      done += raws.length;
-      encoded += raws.length;
+      const ok: RawImage[] = [];
+      for (const r of got) {
+        if (r.raw) {
+          ok.push(r.raw);
+          index.push(r.index);
+        } else {
+          skippedHere.push([r.index, r.error!]);
+          skipped.set(r.index, r.error!);
+          log(`skipping photo ${items[r.index].path}: ${r.error}`);
+        }
+      }
+      if (ok.length > 0) {
+        const { orig, flipped, shape } = await encodeBatch(vae, ok, flip);
+        latentShape = shape;
+        outs.push(orig);
+        if (flipped) flips.push(flipped);
+      }
+      done += got.length;
+      encoded += ok.length;
       report();
     }
-    const per = latentShape![0] * latentShape![1] * latentShape![2];
-    const m = end - start;
-    const data = new Float32Array(copies * m * per);
+    const [h, w, ch] = latentShape ?? [0, 0, 0];
+    const m = index.length;
+    const data = new Float32Array(copies * m * h * w * ch);
     let off = 0;
     for (const a of [...outs, ...flips]) {
       data.set(a, off);
       off += a.length;
     }
     await writeSafetensors(partPath, {
-      latents: { dtype, shape: [copies, m, ...latentShape!], data },
-    }, { metadata: { chunk: String(c), start: String(start), end: String(end) } });
+      latents: { dtype, shape: [copies, m, h, w, ch], data },
+      index: { dtype: "I32", shape: [m], data: index },
+    }, {
+      metadata: {
+        chunk: String(c),
+        start: String(start),
+        end: String(end),
+        skipped: JSON.stringify(skippedHere),
+      },
+    });
   }
 
   // Assemble: originals of every chunk, then flips of every chunk.
-  const parts: Float32Array[] = [];
+  const parts: { latents: Float32Array; index: Int32Array }[] = [];
   let shape: number[] | null = null;
   for (let c = 0; c < nChunks; c++) {
-    const { tensors } = await readSafetensors(`${partsDir}/${partName(c)}`, {
-      what: "latent chunk",
-    });
-    const t = tensors.get("latents")!;
-    const m = Math.min(n, (c + 1) * chunk) - c * chunk;
-    if (t.shape[0] !== copies || t.shape[1] !== m) {
+    const path = `${partsDir}/${partName(c)}`;
+    const part = await readPart(path, { c, n, chunk, copies });
+    if (typeof part === "string") {
       throw new Error(
-        `${partsDir}/${partName(c)} holds [${t.shape}], expected [${copies}, ${m}, ...]: ` +
-          `the parts folder is damaged; delete ${partsDir} and encode again`,
+        `${path} is damaged (${part}): delete that file and run the same command again; ` +
+          `that chunk will be encoded again`,
       );
     }
-    shape = t.shape.slice(2);
-    parts.push(t.data as Float32Array);
+    if (part.index.length > 0) shape = part.shape;
+    parts.push(part);
+  }
+  const kept = parts.reduce((a, p) => a + p.index.length, 0);
+  if (kept === 0 || shape === null) {
+    throw new Error(
+      `none of the ${n} photo(s) could be read (first: ${
+        skippedList(items, skipped)[0]?.reason
+      }): ` +
+        `check the data folder`,
+    );
   }
   const [h, w, ch] = shape as [number, number, number];
   const per = h * w * ch;
-  const all = new Float32Array(copies * n * per);
+  const all = new Float32Array(copies * kept * per);
+  const labels = new Int32Array(copies * kept);
   for (let copy = 0; copy < copies; copy++) {
-    for (let c = 0; c < nChunks; c++) {
-      const m = Math.min(n, (c + 1) * chunk) - c * chunk;
-      all.set(
-        parts[c].subarray(copy * m * per, (copy + 1) * m * per),
-        (copy * n + c * chunk) * per,
-      );
+    let at = copy * kept;
+    for (const { latents, index } of parts) {
+      const m = index.length;
+      all.set(latents.subarray(copy * m * per, (copy + 1) * m * per), at * per);
+      for (let k = 0; k < m; k++) labels[at + k] = items[index[k]].label;
+      at += m;
     }
   }
-  const labels = new Int32Array(copies * n);
-  for (let copy = 0; copy < copies; copy++) {
-    items.forEach((it, i) => labels[copy * n + i] = it.label);
-  }
-  await saveLatents(options.out, { latents: all, labels, shape: [copies * n, h, w, ch] }, {
+  await saveLatents(options.out, { latents: all, labels, shape: [copies * kept, h, w, ch] }, {
     dtype,
     metadata: {
       vae: vae.kind,
       scaling_factor: String(scalingFactor(vae)),
-      images: String(n),
-      count: String(copies * n),
+      images: String(kept),
+      count: String(copies * kept),
       flipped: flip ? "second-half" : "none",
       image_size: String(size),
+      ...(skipped.size > 0 ? { skipped: String(skipped.size) } : {}),
       ...options.metadata,
     },
   });
   await Deno.remove(partsDir, { recursive: true });
-  return { complete: true, count: copies * n, encoded, reusedChunks, latentShape: [h, w, ch] };
+  return {
+    complete: true,
+    count: copies * kept,
+    encoded,
+    reusedChunks,
+    latentShape: [h, w, ch],
+    skipped: skippedList(items, skipped),
+  };
 }
 
 /**
@@ -285,13 +339,87 @@ async function encodeBatch(
   };
 }
 
-/** Reads the parts folder: returns the chunks already done, or clears stale parts. */
+/** One photo of a batch: its pixels, or why it could not be read. */
+interface PhotoRead {
+  index: number;
+  raw?: RawImage;
+  error?: string;
+}
+
+function skippedList(
+  items: readonly EncodeItem[],
+  skipped: Map<number, string>,
+): { path: string; reason: string }[] {
+  return [...skipped].sort((a, b) => a[0] - b[0]).map(([i, reason]) => ({
+    path: items[i].path,
+    reason,
+  }));
+}
+
+/**
+ * Reads and checks one part file: the latents `[copies, m, h, w, c]` of the chunk's readable
+ * photos, their item indices (inside the chunk, ascending), and the skipped ones with reasons.
+ * Returns what is wrong as a string when the part is damaged.
+ */
+async function readPart(
+  path: string,
+  o: { c: number; n: number; chunk: number; copies: number },
+): Promise<
+  | { latents: Float32Array; index: Int32Array; shape: number[]; skipped: [number, string][] }
+  | string
+> {
+  let file;
+  try {
+    file = await readSafetensors(path, { what: "latent chunk" });
+  } catch (e) {
+    // The reader's advice (download the file again) does not apply to a part: drop it.
+    return (e as Error).message.replace(/\. The file is corrupt or truncated:.*$/s, "");
+  }
+  const start = o.c * o.chunk;
+  const end = Math.min(o.n, start + o.chunk);
+  const t = file.tensors.get("latents");
+  const idx = file.tensors.get("index");
+  if (!t || !idx || !(idx.data instanceof Int32Array) || !(t.data instanceof Float32Array)) {
+    return "it lacks the latents or index tensor";
+  }
+  let skipped: [number, string][];
+  try {
+    skipped = JSON.parse(file.metadata.skipped ?? "[]");
+  } catch {
+    return "its list of skipped photos does not parse";
+  }
+  const index = idx.data;
+  // Every photo of the chunk appears exactly once: encoded (ascending) or skipped.
+  const seen = new Set<number>();
+  const claim = (i: unknown): boolean =>
+    typeof i === "number" && Number.isInteger(i) && i >= start && i < end && !seen.has(i) &&
+    seen.add(i) !== undefined;
+  if (
+    !Array.isArray(skipped) ||
+    !index.every((i, k) => (k === 0 || i > index[k - 1]) && claim(i)) ||
+    !skipped.every((x) => Array.isArray(x) && typeof x[1] === "string" && claim(x[0])) ||
+    seen.size !== end - start
+  ) {
+    return `its photo indices do not cover ${start}..${end - 1} exactly once`;
+  }
+  if (t.shape.length !== 5 || t.shape[0] !== o.copies || t.shape[1] !== index.length) {
+    return `it holds latents [${t.shape}], expected [${o.copies}, ${index.length}, h, w, c]`;
+  }
+  return { latents: t.data, index, shape: t.shape.slice(2), skipped };
+}
+
+/**
+ * Reads the parts folder: returns the chunks already done (with their skipped photos), or clears
+ * stale parts. Every existing part is checked here, before any encoding: a damaged one is
+ * deleted, so it is encoded again instead of failing the run at the very end.
+ */
 async function prepareParts(
   dir: string,
   manifest: Record<string, unknown>,
   log: (m: string) => void,
-): Promise<Set<number>> {
-  const done = new Set<number>();
+  o: { n: number; chunk: number; copies: number },
+): Promise<Map<number, [number, string][]>> {
+  const done = new Map<number, [number, string][]>();
   const text = JSON.stringify(manifest, null, 2) + "\n";
   let old: string | null = null;
   try {
@@ -309,9 +437,18 @@ async function prepareParts(
     await writeFileAtomic(`${dir}/${MANIFEST}`, text);
     return done;
   }
+  const nChunks = Math.ceil(o.n / o.chunk);
   for await (const e of Deno.readDir(dir)) {
     const m = /^chunk_(\d{6})\.safetensors$/.exec(e.name);
-    if (e.isFile && m) done.add(Number(m[1]));
+    if (!e.isFile || !m) continue;
+    const c = Number(m[1]);
+    const part = c < nChunks ? await readPart(`${dir}/${e.name}`, { ...o, c }) : "no such chunk";
+    if (typeof part === "string") {
+      log(`${dir}/${e.name} is damaged (${part}): encoding that chunk again`);
+      await Deno.remove(`${dir}/${e.name}`);
+      continue;
+    }
+    done.set(c, part.skipped);
   }
   if (done.size) log(`resuming: ${done.size} finished chunk(s) found in ${dir}`);
   return done;
