@@ -268,3 +268,35 @@ Deno.test("anthosHome: ANTHOS_HOME, then XDG_CACHE_HOME/anthos, then ~/.cache/an
     }
   }
 });
+
+Deno.test("anthosHome: a root that is a file (or under one) is a clear error, not 'Not a directory'", async () => {
+  const saved = { a: Deno.env.get("ANTHOS_HOME"), x: Deno.env.get("XDG_CACHE_HOME") };
+  const dir = await Deno.makeTempDir({ prefix: "anthos-home-" });
+  const file = `${dir}/home.txt`;
+  await Deno.writeTextFile(file, "not a folder");
+  try {
+    for (const home of [file, `${file}/sub`]) {
+      Deno.env.set("ANTHOS_HOME", home);
+      assert.throws(() => anthosHome(), (e: Error) => {
+        assert(e.message.startsWith(`ANTHOS_HOME=${home} is not a folder`), e.message);
+        assert(e.message.includes("point ANTHOS_HOME at a folder"), e.message);
+        return true;
+      });
+    }
+    Deno.env.set("ANTHOS_HOME", `${dir}/not-yet`); // created on first use: fine
+    assert.equal(anthosHome(), `${dir}/not-yet`);
+    Deno.env.delete("ANTHOS_HOME");
+    Deno.env.set("XDG_CACHE_HOME", dir);
+    await Deno.writeTextFile(`${dir}/anthos`, "x");
+    assert.throws(
+      () => anthosHome(),
+      /the cache root .*\/anthos \(XDG_CACHE_HOME\) is not a folder/,
+    );
+  } finally {
+    for (const [k, v] of [["ANTHOS_HOME", saved.a], ["XDG_CACHE_HOME", saved.x]] as const) {
+      if (v === undefined) Deno.env.delete(k);
+      else Deno.env.set(k, v);
+    }
+    await Deno.remove(dir, { recursive: true });
+  }
+});

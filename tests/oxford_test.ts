@@ -253,3 +253,30 @@ Deno.test("downloadOxford: fetches from ANTHOS_OXFORD_URL, extracts, then works 
     await Deno.remove(cache, { recursive: true });
   }
 });
+
+Deno.test("loadOxford: a jpg/ folder of symlinks to the photos counts as the photos", async () => {
+  const src = sharedPath("data/oxford102");
+  if (!src) return;
+  // The usual way to reuse a shared copy: the .mat files and every photo linked, not copied.
+  const dir = await Deno.makeTempDir({ prefix: "anthos-oxford-links-" });
+  for (const f of ["imagelabels.mat", "setid.mat"]) {
+    await Deno.symlink(`${src}/${f}`, `${dir}/${f}`);
+  }
+  await Deno.mkdir(`${dir}/jpg`);
+  for await (const e of Deno.readDir(`${src}/jpg`)) {
+    await Deno.symlink(`${src}/jpg/${e.name}`, `${dir}/jpg/${e.name}`);
+  }
+  const direct = await loadOxford(src, { splits: ["train"] });
+  const linked = await loadOxford(dir, { splits: ["train"] });
+  assert.equal(linked.items.length, direct.items.length);
+  assert.equal(linked.missing, direct.missing);
+  assert.deepEqual(linked.items.map((it) => it.id), direct.items.map((it) => it.id));
+  // A dangling link is a missing photo, not a present one.
+  const first = direct.items[0].path.split("/").pop()!;
+  await Deno.remove(`${dir}/jpg/${first}`);
+  await Deno.symlink(`${dir}/nowhere.jpg`, `${dir}/jpg/${first}`);
+  const dangling = await loadOxford(dir, { splits: ["train"] });
+  assert.equal(dangling.items.length, direct.items.length - 1);
+  assert.equal(dangling.missing, direct.missing + 1);
+  await Deno.remove(dir, { recursive: true });
+});

@@ -133,7 +133,10 @@ export async function loadOxford(
 
   const imagesDir = await ensureImages(dir);
   const present = new Set<string>();
-  for await (const e of Deno.readDir(imagesDir)) if (e.isFile) present.add(e.name);
+  for await (const e of Deno.readDir(imagesDir)) {
+    // A folder of symlinks (e.g. into a shared copy) counts: a link is followed to its file.
+    if (e.isFile || (e.isSymlink && (await isFile(`${imagesDir}/${e.name}`)))) present.add(e.name);
+  }
 
   const items: OxfordItem[] = [];
   let missing = 0;

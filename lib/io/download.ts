@@ -33,6 +33,7 @@ export interface DownloadOptions {
 
 /**
  * The Anthos cache root: `$ANTHOS_HOME`, else `$XDG_CACHE_HOME/anthos`, else `~/.cache/anthos`.
+ * A root that exists but is not a folder is an error naming the variable and the fix.
  *
  * @example
  * ```ts
@@ -42,10 +43,30 @@ export interface DownloadOptions {
  */
 export function anthosHome(): string {
   const home = env.home;
-  if (home) return home;
+  const setHome = "point ANTHOS_HOME at a folder (it is created if missing)";
+  if (home) return checkHome(home, `ANTHOS_HOME=${home}`, `${setHome}, or unset it`);
   const xdg = env.xdgCacheHome;
-  if (xdg) return `${xdg}/anthos`;
-  return `${homedir()}/.cache/anthos`;
+  const fix = `move that file away, or ${setHome}`;
+  if (xdg) return checkHome(`${xdg}/anthos`, `the cache root ${xdg}/anthos (XDG_CACHE_HOME)`, fix);
+  return checkHome(`${homedir()}/.cache/anthos`, `the cache root ${homedir()}/.cache/anthos`, fix);
+}
+
+/** The cache root must be a folder, or not exist yet (it is created on first use). */
+function checkHome(dir: string, what: string, fix: string): string {
+  let isDir = true;
+  try {
+    isDir = Deno.statSync(dir).isDirectory;
+  } catch (e) {
+    // A path under a file is no folder either; without read permission, let later calls say so.
+    if (e instanceof Deno.errors.NotADirectory) isDir = false;
+  }
+  if (!isDir) {
+    throw new Error(
+      `${what} is not a folder (it is a file, or lies under one); the Anthos cache root ` +
+        `holds datasets and autoencoder weights: ${fix}`,
+    );
+  }
+  return dir;
 }
 
 /**
