@@ -80,10 +80,13 @@ export async function profileTrainStep(
     for (const k of info.kernels) {
       // customGrad bodies are recorded under their scope's name, around kernels already counted.
       if (tf.getKernel(k.name, backend) == null) continue;
-      const row = byName.get(k.name) ?? { name: k.name, kind: "kernel", ms: 0, calls: 0 };
+      // Split each kernel by output size: passes over activations vs small per-parameter ones.
+      const size = (k.outputShapes[0] ?? []).reduce((a, d) => a * d, 1);
+      const name = `${k.name} ${size >= 1 << 20 ? "(>= 1M elements)" : "(< 1M elements)"}`;
+      const row = byName.get(name) ?? { name, kind: "kernel", ms: 0, calls: 0 };
       row.ms += Number(k.kernelTimeMs) / steps;
       row.calls += 1 / steps;
-      byName.set(k.name, row);
+      byName.set(name, row);
     }
     const rows = [...byName.values()];
     for (const [name, s] of ops) {

@@ -23,6 +23,7 @@ import {
 import { disposeBatch, type FlowBatch, flowBatch, flowLoss } from "../model/flow.ts";
 import type { LatentDataset } from "../data/latents.ts";
 import { Rng } from "../runtime/rng.ts";
+import { adamwOnHeap } from "./adamw_heap.ts";
 import { readSafetensors, type TensorToWrite, writeSafetensors } from "../io/safetensors.ts";
 import { DeviceAdamW, deviceAdamWSupported } from "./optimizer_webgpu.ts";
 
@@ -386,6 +387,13 @@ export class Trainer {
     const c = this.config;
     const [b1, b2] = c.betas;
     const t = this.step + 1;
+    // wasm: the whole update in one pass over the heap (same maths, see adamw_heap.ts).
+    const onHeap = adamwOnHeap(
+      { params: this.#vars, m: this.#m, v: this.#v, ema: this.#emaVars },
+      grads,
+      { ...c, lr, t },
+    );
+    if (onHeap !== null) return onHeap;
     const normT = tf.tidy(() => tf.sqrt(tf.addN(grads.map((g) => tf.sum(tf.square(g))))));
     const gradNorm = (await normT.data())[0];
     normT.dispose();
