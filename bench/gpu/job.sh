@@ -63,7 +63,7 @@ run() {
   local name=$1 lim=$2
   shift 2
   stage "$name (limit ${lim}s)"
-  timeout -k 5 "$lim" "$@" > "$OUT/$name.txt" 2>&1
+  timeout -k 60 "$lim" "$@" > "$OUT/$name.txt" 2>&1
   local rc=$?
   echo "rc=$rc" >> "$OUT/$name.txt"
   grep -h '^RESULT\|^|\|rror\|^rc=\|step\b' "$OUT/$name.txt" | grep -v '^\s*$' | cut -c1-240 | tail -40
