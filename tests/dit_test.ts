@@ -243,7 +243,7 @@ Deno.test({
       Error,
       'tensor "final_layer.linear.weight" has 1 NaN/Inf (first: NaN at index 5)',
     );
-    assert(nan.message.includes("deno task convert"), nan.message);
+    assert(nan.message.includes("exportCheckpoint()"), nan.message);
     await assertRejects(
       () => DiT.load(poisoned("blocks.0.attn.qkv.weight", 0, -Infinity)),
       Error,

@@ -37,7 +37,7 @@ Deno.test("weights config: null, strings for numbers, zero steps and more name f
   bad('{"sampling": {"steps": 2.5}}', '"sampling.steps" must be a positive integer, got 2.5');
   bad('{"sampling": {"cfgScale": 1e40}}', '"sampling.cfgScale" must be a number from 0 to 50');
   bad('{"sampling": {"sampler": "rk4"}}', '"sampling.sampler" must be "heun" or "euler"');
-  bad('{"vae": {"name": "sdxl"}}', '"vae.name" must be "sd-vae-ft-ema" or "taesd"');
+  bad('{"vae": {"name": "sdxl"}}', '"vae.name" must be "taesd" or "sd-vae-ft-ema"');
   bad('{"vae": {"scalingFactor": -1}}', '"vae.scalingFactor" must be a number > 0, got -1');
   bad('{"model": null}', '"model" must be an object, got null');
   bad('{"model": {"hidden_size": 96}}', 'unknown field "model.hidden_size" (known: inputSize');

@@ -1,7 +1,7 @@
 /**
- * The autoencoder interface Anthos trains and samples through, and the registry of the
- * autoencoders it knows (name, latent scaling factor, weight files): the one place that knows
- * these constants.
+ * The autoencoder interface Anthos trains and samples through, and (re-exported from
+ * lib/model/latent_space.ts) the registry of the autoencoders it knows: name, latent scaling
+ * factor, channels, weight files.
  *
  * Both autoencoders map `[N, 256, 256, 3]` images in [0, 1] to *scaled* latents `[N, 32, 32, 4]`
  * (unit-ish variance, the space the DiT models) and back:
@@ -13,55 +13,17 @@
  */
 
 import type * as tf from "@tensorflow/tfjs-core";
+import type { AutoencoderKind } from "../model/latent_space.ts";
 
-/** What the registry knows of one autoencoder. */
-export interface AutoencoderInfo {
-  /** The name used by flags, configs and latent-cache metadata. */
-  readonly name: string;
-  /** One line for `--help` and docs. */
-  readonly description: string;
-  /**
-   * The latent scaling factor: SD-VAE posterior * factor = the latents the DiT models. TAESD
-   * outputs that scaled space directly, so its factor is the SD VAE's as well.
-   */
-  readonly scalingFactor: number;
-  /** Latent channels. */
-  readonly latentChannels: number;
-  /** The weight files a local folder must hold. */
-  readonly files: readonly string[];
-  /** Hub repository the files come from, if they can be downloaded. */
-  readonly hubRepo?: string;
-}
-
-/** SD 1.x's latent scaling factor (`vae.config.scaling_factor`). */
-export const SD_SCALING_FACTOR = 0.18215;
-
-/** The autoencoders Anthos knows, by name. */
-export const AUTOENCODERS = {
-  "taesd": {
-    name: "taesd",
-    description: "TAESD, the tiny distilled SD VAE (fast; previews and small runs)",
-    scalingFactor: SD_SCALING_FACTOR,
-    latentChannels: 4,
-    files: ["taesd_encoder.safetensors", "taesd_decoder.safetensors"],
-  },
-  "sd-vae-ft-ema": {
-    name: "sd-vae-ft-ema",
-    description: "the Stable Diffusion VAE stabilityai/sd-vae-ft-ema (the published model's)",
-    scalingFactor: SD_SCALING_FACTOR,
-    latentChannels: 4,
-    files: ["config.json", "diffusion_pytorch_model.safetensors"],
-    hubRepo: "stabilityai/sd-vae-ft-ema",
-  },
-} as const satisfies Record<string, AutoencoderInfo>;
-
-/** The autoencoders Anthos knows. */
-export type AutoencoderKind = keyof typeof AUTOENCODERS;
-
-/** Every {@link AutoencoderKind}, for flag choices and validation. */
-export const AUTOENCODER_KINDS: readonly AutoencoderKind[] = Object.keys(
+// The registry is plain data the model layer needs too (weights/config.json names the latent
+// space), so it lives in lib/model/latent_space.ts; this is the same binding, not a copy.
+export {
+  AUTOENCODER_KINDS,
+  type AutoencoderInfo,
+  type AutoencoderKind,
   AUTOENCODERS,
-) as AutoencoderKind[];
+  SD_SCALING_FACTOR,
+} from "../model/latent_space.ts";
 
 /** Options of {@link Autoencoder.encode}. */
 export interface EncodeOptions {

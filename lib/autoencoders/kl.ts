@@ -23,6 +23,7 @@ import {
   checkImageBatch,
   checkLatentBatch,
   type EncodeOptions,
+  SD_SCALING_FACTOR,
 } from "./autoencoder.ts";
 import { Rng } from "../runtime/rng.ts";
 import { checkFinite, type RawTensor, readSafetensors } from "../io/safetensors.ts";
@@ -43,7 +44,7 @@ export interface AutoencoderKLConfig {
   layers_per_block: number;
   /** GroupNorm groups (32). */
   norm_num_groups: number;
-  /** Multiplies the posterior to give unit-variance latents (0.18215 for SD 1.x). */
+  /** Multiplies the posterior to give unit-variance latents (SD_SCALING_FACTOR for SD 1.x). */
   scaling_factor: number;
 }
 
@@ -55,7 +56,7 @@ export const SD_VAE_FT_EMA_CONFIG: Readonly<AutoencoderKLConfig> = Object.freeze
   block_out_channels: [128, 256, 512, 512],
   layers_per_block: 2,
   norm_num_groups: 32,
-  scaling_factor: 0.18215,
+  scaling_factor: SD_SCALING_FACTOR,
 });
 
 /** The diagonal Gaussian posterior, NHWC, unscaled. */
@@ -492,7 +493,7 @@ export function parseKLConfig(json: unknown, source = "config.json"): Autoencode
   if (o.shift_factor !== undefined && o.shift_factor !== null && o.shift_factor !== 0) {
     bad(`shift_factor ${o.shift_factor} is not supported (SD 1.x-style VAEs only)`);
   }
-  const sf = o.scaling_factor ?? 0.18215;
+  const sf = o.scaling_factor ?? SD_SCALING_FACTOR;
   if (typeof sf !== "number" || !(sf > 0)) bad(`"scaling_factor" must be > 0, got ${sf}`);
   const cfg: AutoencoderKLConfig = {
     in_channels: int("in_channels", 3),

@@ -14,6 +14,7 @@ import { parseArgs as nodeParseArgs } from "node:util";
 import { BACKENDS } from "../runtime/backend.ts";
 import { env, envFlag as runtimeEnvFlag } from "../runtime/env.ts";
 import { closestMatch } from "../runtime/text.ts";
+import { type MissingInput, missingInput } from "../runtime/errors.ts";
 
 /** The kind of value a flag takes. */
 export type OptionType = "string" | "boolean" | "number" | "integer";
@@ -299,10 +300,38 @@ export async function runMain(main: () => Promise<number | void>): Promise<never
   } catch (e) {
     const debug = env.debug;
     const msg = e instanceof Error ? (debug ? e.stack ?? e.message : e.message) : String(e);
-    console.error(`error: ${msg}`);
+    const hint = taskHint(e);
+    console.error(`error: ${msg}${hint ? `\nhint: ${hint}` : ""}`);
     code = 1;
   }
   Deno.exit(code);
+}
+
+/** The `deno task` that makes each input a library error can name as missing. */
+export const TASK_HINTS: Readonly<Record<MissingInput, string>> = Object.freeze({
+  "weights": "`deno task train`, then `deno task convert`, make a weights folder " +
+    "(config.json, model.safetensors, classes.txt).",
+  "latent-cache": "`deno task encode` makes a latent cache from the Oxford photos.",
+  "oxford": "`deno task encode` downloads Oxford Flowers 102 into $ANTHOS_HOME/oxford102.",
+  "checkpoint": "`deno task train` writes runs/NAME/checkpoint.safetensors.",
+});
+
+/**
+ * The command-line way to make what `error` says is missing (see lib/runtime/errors.ts), if any:
+ * library messages name library calls, and {@link runMain} adds this for task users.
+ *
+ * @example
+ * ```ts
+ * import { taskHint } from "./args.ts";
+ * import { markMissing } from "../runtime/errors.ts";
+ * const hint = taskHint(markMissing(new Error("no cache"), "latent-cache"));
+ * if (!hint?.includes("deno task encode")) throw new Error(String(hint));
+ * if (taskHint(new Error("other")) !== undefined) throw new Error("no hint for other errors");
+ * ```
+ */
+export function taskHint(error: unknown): string | undefined {
+  const input = missingInput(error);
+  return input ? TASK_HINTS[input] : undefined;
 }
 
 /**

@@ -19,7 +19,7 @@
  */
 
 import * as tf from "@tensorflow/tfjs-core";
-import type { Autoencoder } from "../autoencoders/autoencoder.ts";
+import { type Autoencoder, SD_SCALING_FACTOR } from "../autoencoders/autoencoder.ts";
 import { writeFileAtomic } from "../io/fs.ts";
 import { flipHorizontal, type RawImage, rawToTensor, readImageRaw } from "../io/image.ts";
 import { saveLatents } from "./latents.ts";
@@ -311,7 +311,7 @@ export async function encodeDataset(
  */
 export function scalingFactor(vae: Autoencoder): number {
   const cfg = (vae as { config?: { scaling_factor?: number } }).config;
-  return cfg?.scaling_factor ?? 0.18215;
+  return cfg?.scaling_factor ?? SD_SCALING_FACTOR;
 }
 
 // ---------------------------------------------------------------- internals

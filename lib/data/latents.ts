@@ -10,6 +10,7 @@
 
 import * as tf from "@tensorflow/tfjs-core";
 import { readSafetensors, writeSafetensors } from "../io/safetensors.ts";
+import { markMissing } from "../runtime/errors.ts";
 
 /** A latent dataset held on the backend's device. */
 export interface LatentDataset {
@@ -35,21 +36,33 @@ export async function loadLatents(
   path: string,
   options: { limit?: number } = {},
 ): Promise<LatentDataset> {
-  const { tensors, metadata } = await readSafetensors(path, {
-    what: "latent cache (make one with `deno task encode`)",
-  });
+  let file: Awaited<ReturnType<typeof readSafetensors>>;
+  try {
+    file = await readSafetensors(path, {
+      what: "latent cache (make one with encodeDataset() or saveLatents())",
+    });
+  } catch (e) {
+    throw e instanceof Error ? markMissing(e, "latent-cache") : e;
+  }
+  const { tensors, metadata } = file;
   const lat = tensors.get("latents");
   const lab = tensors.get("labels");
   if (!lat || !lab) {
-    throw new Error(
-      `${path} is not an Anthos latent cache: it needs "latents" and "labels" tensors. ` +
-        `Create one with \`deno task encode\`.`,
+    throw markMissing(
+      new Error(
+        `${path} is not an Anthos latent cache: it needs "latents" and "labels" tensors. ` +
+          `Create one with encodeDataset() or saveLatents().`,
+      ),
+      "latent-cache",
     );
   }
   if (lat.shape.length !== 4 || lab.shape.length !== 1 || lab.shape[0] !== lat.shape[0]) {
-    throw new Error(
-      `${path}: latents [${lat.shape}] and labels [${lab.shape}] do not match ` +
-        `(expected [L, H, W, C] and [L]). Re-create it with \`deno task encode\`.`,
+    throw markMissing(
+      new Error(
+        `${path}: latents [${lat.shape}] and labels [${lab.shape}] do not match ` +
+          `(expected [L, H, W, C] and [L]). Re-create it with encodeDataset().`,
+      ),
+      "latent-cache",
     );
   }
   const n = Math.min(lat.shape[0], options.limit ?? Infinity);

@@ -16,6 +16,7 @@ import { anthosHome, downloadFile } from "../io/download.ts";
 import { isDir, isFile } from "../io/fs.ts";
 import { env } from "../runtime/env.ts";
 import { loadMat, type MatArray } from "../io/matlab.ts";
+import { markMissing } from "../runtime/errors.ts";
 
 /** The three official splits. */
 export type OxfordSplit = "train" | "val" | "test";
@@ -81,7 +82,7 @@ const FILES = {
 } as const;
 
 function howToGet(dir: string): string {
-  return `Run \`deno task encode\` (it downloads the dataset), call downloadOxford(), or download ` +
+  return `Call downloadOxford() (it downloads and checks them), or download ` +
     `${FILES.images.name}, ${FILES.labels.name} and ${FILES.setid.name} from ${OXFORD_URL}/ ` +
     `and place them in ${dir}/ (the photos may also be an extracted ${dir}/jpg/ folder)`;
 }
@@ -281,8 +282,11 @@ async function ensureImages(dir: string): Promise<string> {
   if (await isDir(jpg)) return jpg;
   const archive = `${dir}/${FILES.images.name}`;
   if (!(await isFile(archive))) {
-    throw new Error(
-      `Oxford Flowers 102 photos not found: no ${jpg}/ and no ${archive}. ` + howToGet(dir),
+    throw markMissing(
+      new Error(
+        `Oxford Flowers 102 photos not found: no ${jpg}/ and no ${archive}. ` + howToGet(dir),
+      ),
+      "oxford",
     );
   }
   // Extract beside the target and rename at the end: a jpg/ folder is always complete.
@@ -301,7 +305,10 @@ async function ensureImages(dir: string): Promise<string> {
 async function readVar(dir: string, file: string, name: string): Promise<MatArray> {
   const path = `${dir}/${file}`;
   if (!(await isFile(path))) {
-    throw new Error(`Oxford Flowers 102 label file ${path} not found. ` + howToGet(dir));
+    throw markMissing(
+      new Error(`Oxford Flowers 102 label file ${path} not found. ` + howToGet(dir)),
+      "oxford",
+    );
   }
   const v = (await loadMat(path)).get(name);
   if (!v) throw new Error(`${path} has no variable "${name}"; it is not the official ${file}`);

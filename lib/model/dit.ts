@@ -596,7 +596,7 @@ export class DiT {
       names: expected.keys(),
       advice: "A model with such weights only makes NaN (black or flat images): they come from " +
         "a diverged training run or a damaged file. Export an earlier checkpoint with " +
-        "`deno task convert`, or download the weights again.",
+        "exportCheckpoint(), or download the weights again.",
     });
     const init: Initializer = (key, shape, torchShape) =>
       fromTorchLayout(tensors.get(key)!.data as Float32Array, shape, torchShape, layoutOf(key));

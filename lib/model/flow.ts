@@ -9,7 +9,7 @@
  */
 
 import * as tf from "@tensorflow/tfjs-core";
-import { type ClassIds, type DiT, nullClassId } from "./dit.ts";
+import { type ClassIds, DEFAULT_CONFIG, type DiT, nullClassId } from "./dit.ts";
 import { Rng } from "../runtime/rng.ts";
 
 /** A training batch for the flow objective. */
@@ -43,7 +43,7 @@ export function flowBatch(
   const [n] = data.shape;
   const { rng } = options;
   const dropout = options.classDropout ?? 0.1;
-  const nullId = options.nullId ?? 102;
+  const nullId = options.nullId ?? nullClassId(); // the default config's null class (102)
   const t = new Float32Array(n);
   for (let i = 0; i < n; i++) t[i] = 1 / (1 + Math.exp(-rng.normal())); // sigmoid(N(0, 1))
   const labels = Int32Array.from(options.y);
@@ -287,7 +287,8 @@ export function randomNoise(
   n: number,
   options: { seed?: number; rng?: Rng; shape?: [number, number, number] } = {},
 ): tf.Tensor4D {
-  const [h, w, c] = options.shape ?? [32, 32, 4];
+  const { inputSize, inChannels } = DEFAULT_CONFIG;
+  const [h, w, c] = options.shape ?? [inputSize, inputSize, inChannels]; // [32, 32, 4]
   const rng = options.rng ?? new Rng(options.seed ?? 0);
   return tf.tensor4d(rng.normalArray(n * h * w * c), [n, h, w, c]);
 }

@@ -9,3 +9,4 @@ export * from "./dit.ts";
 export * from "./flow.ts";
 export * from "./weights.ts";
 export * from "./ops.ts";
+export * from "./latent_space.ts";

@@ -7,7 +7,9 @@
 
 import { DEFAULT_CONFIG, type DiTConfig } from "./dit.ts";
 import { CFG_SCALE_RANGE, SAMPLE_DEFAULTS, type SamplerName } from "./flow.ts";
+import { AUTOENCODER_KINDS, type AutoencoderKind, AUTOENCODERS } from "./latent_space.ts";
 import { writeFileAtomic } from "../io/fs.ts";
+import { markMissing } from "../runtime/errors.ts";
 
 /** The contents of `weights/config.json`. */
 export interface WeightsConfig {
@@ -18,7 +20,7 @@ export interface WeightsConfig {
   /** Sampling defaults the model was tuned for. */
   sampling: { steps: number; cfgScale: number; sampler: SamplerName };
   /** The autoencoder whose latents the model was trained on, and its scaling factor. */
-  vae: { name: "sd-vae-ft-ema" | "taesd"; scalingFactor: number };
+  vae: { name: AutoencoderKind; scalingFactor: number };
   /** Training provenance (steps, batch size, dataset, ...), free-form. */
   training?: Record<string, unknown>;
 }
@@ -37,7 +39,7 @@ export function defaultWeightsConfig(): WeightsConfig {
     format: "anthos",
     model: { ...DEFAULT_CONFIG },
     sampling: { ...SAMPLE_DEFAULTS },
-    vae: { name: "sd-vae-ft-ema", scalingFactor: 0.18215 },
+    vae: { name: "sd-vae-ft-ema", scalingFactor: AUTOENCODERS["sd-vae-ft-ema"].scalingFactor },
   };
 }
 
@@ -57,9 +59,12 @@ export async function readWeightsConfig(path: string): Promise<WeightsConfig> {
     text = await Deno.readTextFile(path);
   } catch (e) {
     if (e instanceof Deno.errors.NotFound) {
-      throw new Deno.errors.NotFound(
-        `model config not found: ${path}. Train and export a model ` +
-          `(\`deno task train\`, then \`deno task convert\`), or copy published weights into weights/.`,
+      throw markMissing(
+        new Deno.errors.NotFound(
+          `model config not found: ${path}. Train and export a model ` +
+            `(a Trainer run, then exportCheckpoint()), or copy published weights into weights/.`,
+        ),
+        "weights",
       );
     }
     throw e;
@@ -88,20 +93,24 @@ export function parseWeightsConfig(
   try {
     raw = JSON.parse(text);
   } catch (e) {
-    throw new Error(
-      `${path} is not valid JSON (${
-        (e as Error).message
-      }): re-export it with \`deno task convert\``,
+    throw markMissing(
+      new Error(
+        `${path} is not valid JSON (${(e as Error).message}): re-export it with exportCheckpoint()`,
+      ),
+      "weights",
     );
   }
   const d = defaultWeightsConfig();
   const problems = checkWeightsConfig(raw, d);
   if (problems.length > 0) {
-    throw new Error(
-      `${path} is not a valid model config: ${problems.join("; ")}. Fix ${
-        problems.length > 1 ? "these fields" : "this field"
-      } (a field left out takes the published model's value), or re-export the model ` +
-        `with \`deno task convert\``,
+    throw markMissing(
+      new Error(
+        `${path} is not a valid model config: ${problems.join("; ")}. Fix ${
+          problems.length > 1 ? "these fields" : "this field"
+        } (a field left out takes the published model's value), or re-export the model ` +
+          `with exportCheckpoint()`,
+      ),
+      "weights",
     );
   }
   return {
@@ -205,8 +214,9 @@ function checkWeightsConfig(raw: unknown, d: WeightsConfig): string[] {
     problems.push(`"sampling.sampler" must be "heun" or "euler", got ${kind(sampling.sampler)}`);
   }
   const vae = section("vae", Object.keys(d.vae));
-  if (vae.name !== undefined && vae.name !== "sd-vae-ft-ema" && vae.name !== "taesd") {
-    problems.push(`"vae.name" must be "sd-vae-ft-ema" or "taesd", got ${kind(vae.name)}`);
+  if (vae.name !== undefined && !(AUTOENCODER_KINDS as readonly unknown[]).includes(vae.name)) {
+    const names = AUTOENCODER_KINDS.map((k) => `"${k}"`).join(" or ");
+    problems.push(`"vae.name" must be ${names}, got ${kind(vae.name)}`);
   }
   if (
     vae.scalingFactor !== undefined &&

@@ -15,6 +15,7 @@ import { DiT } from "../model/dit.ts";
 import { readWeightsConfig } from "../model/weights.ts";
 import { isFile } from "../io/fs.ts";
 import type { PipelineLoadOptions, PipelineParts } from "./pipeline.ts";
+import { markMissing } from "../runtime/errors.ts";
 
 /**
  * Loads the parts of a pipeline from `repoDir/weights/`. Missing files are reported together,
@@ -37,21 +38,27 @@ export async function loadPipelineParts(options: PipelineLoadOptions = {}): Prom
     if (!(await isFile(p))) missing.push(p);
   }
   if (missing.length > 0) {
-    throw new Deno.errors.NotFound(
-      `no trained model: ${missing.join(", ")} ${missing.length > 1 ? "are" : "is"} missing. ` +
-        `Train and export one (\`deno task train\`, then \`deno task convert\`), or put ` +
-        `published weights (config.json, model.safetensors, classes.txt) in ${dir}/weights/ ` +
-        `(or pass --repo-dir / { repoDir } with the folder that holds weights/).`,
+    throw markMissing(
+      new Deno.errors.NotFound(
+        `no trained model: ${missing.join(", ")} ${missing.length > 1 ? "are" : "is"} missing. ` +
+          `Train and export one (a Trainer run, then exportCheckpoint()), or put ` +
+          `published weights (config.json, model.safetensors, classes.txt) in ${dir}/weights/ ` +
+          `(or pass --repo-dir / { repoDir } with the folder that holds weights/).`,
+      ),
+      "weights",
     );
   }
   if (options.backend) await loadBackend(options.backend);
   const config = await readWeightsConfig(configPath);
   const classes = await ClassNames.load(classesPath);
   if (classes.size !== config.model.numClasses) {
-    throw new Error(
-      `${classesPath} lists ${classes.size} classes but ${configPath} says the model has ` +
-        `${config.model.numClasses}: they come from different models; export them together ` +
-        `with \`deno task convert\``,
+    throw markMissing(
+      new Error(
+        `${classesPath} lists ${classes.size} classes but ${configPath} says the model has ` +
+          `${config.model.numClasses}: they come from different models; export them together ` +
+          `with exportCheckpoint()`,
+      ),
+      "weights",
     );
   }
   const model = await DiT.load(weightsPath, { config: config.model });

@@ -28,6 +28,7 @@ import {
 import { writeFileAtomic } from "../io/fs.ts";
 import { checkSeed, deriveSeed, IMAGE_NOISE_STREAM, Rng } from "../runtime/rng.ts";
 import type { WeightsConfig } from "../model/weights.ts";
+import { markMissing } from "../runtime/errors.ts";
 
 // This module runs unchanged in the browser demo (web/): it imports nothing that needs Deno or
 // sharp. The Deno-only parts (reading a model folder, sharp grids) are imported on demand, and the
@@ -265,10 +266,13 @@ export class AnthosPipeline {
   static fromParts(parts: PipelineParts): AnthosPipeline {
     const { model, vae, classes, config } = parts;
     if (classes.size !== config.model.numClasses || model.config.numClasses !== classes.size) {
-      throw new Error(
-        `${classes.source} lists ${classes.size} classes but the model config says ` +
-          `${config.model.numClasses} (the weights have ${model.config.numClasses}): they come ` +
-          `from different models; export them together with \`deno task convert\``,
+      throw markMissing(
+        new Error(
+          `${classes.source} lists ${classes.size} classes but the model config says ` +
+            `${config.model.numClasses} (the weights have ${model.config.numClasses}): they come ` +
+            `from different models; export them together with exportCheckpoint()`,
+        ),
+        "weights",
       );
     }
     return new AnthosPipeline(model, vae, classes, config);
@@ -312,7 +316,8 @@ export class AnthosPipeline {
     let done = 0;
     let made = 0;
     const out: GeneratedImage[] = [];
-    const [h, w, c] = [this.model.config.inputSize, this.model.config.inputSize, 4];
+    const { inputSize, inChannels } = this.model.config;
+    const [h, w, c] = [inputSize, inputSize, inChannels];
     for (let start = 0; start < n; start += o.batchSize) {
       const end = Math.min(n, start + o.batchSize);
       const noiseValues = new Float32Array((end - start) * h * w * c);
