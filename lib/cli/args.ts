@@ -106,8 +106,14 @@ export const BACKEND_OPTION: {
  *
  * @example
  * ```ts
- * import { CliError } from "./args.ts";
- * throw new CliError("--steps must be a positive integer, got -1");
+ * import { CliError, parseCommand } from "./args.ts";
+ * const spec = { name: "x", description: "", options: { steps: { type: "integer", description: "" } } } as const;
+ * try {
+ *   parseCommand(spec, ["--steps", "1.5"]);
+ *   throw new Error("should have thrown");
+ * } catch (e) {
+ *   if (!(e instanceof CliError) || !e.message.includes("--steps needs a whole number")) throw e;
+ * }
  * ```
  */
 export class CliError extends Error {

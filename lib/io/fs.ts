@@ -119,8 +119,10 @@ async function statOrNull(path: string): Promise<Deno.FileInfo | null> {
  * @example
  * ```ts
  * import { checkWritable } from "./fs.ts";
- * await checkWritable("out/samples.png", { what: "--out" }); // ok: out/ will be created
- * await checkWritable("/proc/x.png", { what: "--out" }); // throws: cannot write --out /proc/x.png ...
+ * const dir = await Deno.makeTempDir();
+ * await checkWritable(`${dir}/out/samples.png`, { what: "--out" }); // ok: out/ will be created
+ * const refused = await checkWritable("/proc/x.png", { what: "--out" }).then(() => null, (e) => e);
+ * if (!String(refused).includes("cannot write --out /proc/x.png")) throw new Error(String(refused));
  * ```
  */
 export async function checkWritable(

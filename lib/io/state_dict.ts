@@ -163,6 +163,8 @@ function count(problems: readonly string[]): string {
  * @example
  * ```ts
  * import { convFilterFromTorch } from "./state_dict.ts";
+ * import { loadBackend } from "../runtime/backend.ts";
+ * await loadBackend("cpu");
  * // out=2, in=1, 1x1 kernel: torch [[w0], [w1]] -> tf [1, 1, 1, 2] holding [w0, w1]
  * const f = convFilterFromTorch(new Float32Array([5, 7]), [2, 1, 1, 1]);
  * if (f.shape.join() !== "1,1,1,2" || f.dataSync().join() !== "5,7") throw new Error("layout");
@@ -189,6 +191,8 @@ export function convFilterFromTorch(
  * @example
  * ```ts
  * import { torchToTf } from "./state_dict.ts";
+ * import { loadBackend } from "../runtime/backend.ts";
+ * await loadBackend("cpu");
  * // Linear out=2, in=3: [[1, 2, 3], [4, 5, 6]] -> [in, out] = [[1, 4], [2, 5], [3, 6]]
  * const raw = { dtype: "F32" as const, shape: [2, 3], data: new Float32Array([1, 2, 3, 4, 5, 6]) };
  * const w = torchToTf(raw, [2, 3]);

@@ -21,8 +21,13 @@ export const MAX_SEED = 0xffffffff;
  * @example
  * ```ts
  * import { checkSeed } from "./rng.ts";
- * checkSeed(42, "--seed"); // 42
- * checkSeed(2 ** 32, "--seed"); // throws RangeError: --seed must be an integer from 0 to 4294967295 ...
+ * if (checkSeed(42, "--seed") !== 42) throw new Error("42 is a fine seed");
+ * try {
+ *   checkSeed(2 ** 32, "--seed");
+ *   throw new Error("should have thrown");
+ * } catch (e) {
+ *   if (!(e instanceof RangeError) || !e.message.includes("--seed must be an integer")) throw e;
+ * }
  * ```
  */
 export function checkSeed(seed: number, what = "seed"): number {
