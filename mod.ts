@@ -30,6 +30,7 @@ export {
   type BackendInfo,
   type BackendName,
   BACKENDS,
+  isWasmBackend,
   loadBackend,
   type LoadBackendOptions,
 } from "./lib/runtime/backend.ts";
@@ -144,5 +145,20 @@ export {
   type TensorToWrite,
   writeSafetensors,
 } from "./lib/io/safetensors.ts";
-export { checkSeed, MAX_SEED, Rng, type RngState } from "./lib/runtime/rng.ts";
+export {
+  checkSeed,
+  deriveSeed,
+  IMAGE_NOISE_STREAM,
+  MAX_SEED,
+  Rng,
+  type RngState,
+} from "./lib/runtime/rng.ts";
+export { type AnthosEnv, env, ENV_VARS } from "./lib/runtime/env.ts";
+export {
+  checkStateDict,
+  type CheckStateDictOptions,
+  StateDictError,
+  type StateDictErrorOptions,
+  stateDictProblems,
+} from "./lib/io/state_dict.ts";
 export { readWeightsConfig, type WeightsConfig } from "./lib/model/weights.ts";
