@@ -9,6 +9,7 @@ import { fileURLToPath } from "node:url";
 import { env } from "../lib/runtime/env.ts";
 import type { LatentDataset } from "../lib/data/latents.ts";
 import { HELD_OUT_FRACTION, heldOutSplit, type LatentSplit } from "../lib/training/eval.ts";
+import { type LogRecord, readLog } from "../lib/training/run.ts";
 
 /** Project root (the folder holding deno.json and weights/). */
 export const ROOT: string = fileURLToPath(new URL("..", import.meta.url)).replace(/\/$/, "");
@@ -122,45 +123,11 @@ export function smooth(values: ArrayLike<number>, alpha = 0.9): number[] {
   return out;
 }
 
-/** One line of a training log (`log.jsonl`, as `deno task train` writes it). */
-export interface LogLine {
-  step: number;
-  loss: number;
-  gradNorm?: number;
-  lr?: number;
-  time?: number;
-  stepSec?: number;
-  /** Validation loss on the held-out latents after this step, when measured. */
-  valLoss?: number;
-  /** Validation loss in the 10 t-buckets ([0, 0.1), ..., [0.9, 1)), when measured. */
-  valBuckets?: number[];
-}
+/** One line of a training log (`log.jsonl`; its format is lib/training/run.ts's). */
+export type LogLine = LogRecord;
 
-/**
- * Reads a `log.jsonl` training log (blank or broken trailing lines are skipped).
- *
- * @example
- * ```ts
- * import { readLog, TRAIN_LOG } from "./_nb.ts";
- * const lines = await readLog(TRAIN_LOG);
- * ```
- */
-export async function readLog(path: string): Promise<LogLine[]> {
-  const out: LogLine[] = [];
-  for (const line of (await Deno.readTextFile(path)).split("\n")) {
-    if (!line.trim()) continue;
-    try {
-      const v = JSON.parse(line);
-      // Older or hand-written logs may spell the validation fields in snake case.
-      v.valLoss ??= v.val_loss;
-      v.valBuckets ??= v.val_buckets;
-      if (typeof v.step === "number" && typeof v.loss === "number") out.push(v);
-    } catch {
-      // a line cut short by a killed run
-    }
-  }
-  return out;
-}
+/** Reads a `log.jsonl` training log (lib/training/run.ts's reader). */
+export { readLog };
 
 function escape(s: string): string {
   return s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");

@@ -7,10 +7,11 @@
 
 import { type BackendName, loadBackend } from "../lib/runtime/backend.ts";
 import { BACKEND_OPTION, parseCommandLine, runMain } from "../lib/cli/args.ts";
-import { AUTOENCODER_KINDS } from "../lib/autoencoders/autoencoder.ts";
 import { dirname } from "node:path";
 import { exportCheckpoint } from "../lib/training/export.ts";
 import { readSafetensors } from "../lib/io/safetensors.ts";
+import { RunFolder } from "../lib/training/run.ts";
+import { AUTOENCODER_KINDS, AUTOENCODERS } from "../lib/autoencoders/autoencoder.ts";
 
 const SPEC = {
   name: "deno task convert",
@@ -56,12 +57,8 @@ async function main(): Promise<number> {
   if (o.latents) {
     latentMetadata = (await readSafetensors(o.latents, { what: "latent cache" })).metadata;
   } else {
-    try {
-      const run = JSON.parse(await Deno.readTextFile(`${dirname(o.checkpoint)}/run.json`));
-      latentMetadata = run.latentMetadata;
-    } catch {
-      latentMetadata = undefined;
-    }
+    const run = await new RunFolder(dirname(o.checkpoint)).readInfo().catch(() => null);
+    latentMetadata = run?.latentMetadata;
   }
   const vae = o.vae ?? latentMetadata?.vae;
   if (!vae) {
@@ -77,8 +74,10 @@ async function main(): Promise<number> {
     ...(o.vae
       ? {
         vae: {
-          name: o.vae as "taesd" | "sd-vae-ft-ema",
-          scalingFactor: Number(latentMetadata?.scaling_factor ?? 0.18215),
+          name: o.vae as keyof typeof AUTOENCODERS,
+          scalingFactor: latentMetadata?.vae === o.vae && Number(latentMetadata?.scaling_factor) > 0
+            ? Number(latentMetadata.scaling_factor)
+            : AUTOENCODERS[o.vae as keyof typeof AUTOENCODERS].scalingFactor,
         },
       }
       : {}),

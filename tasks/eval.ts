@@ -12,13 +12,10 @@ import type { AutoencoderKind } from "../lib/autoencoders/autoencoder.ts";
 import { type BackendName, loadBackend } from "../lib/runtime/backend.ts";
 import { BACKEND_OPTION, CliError, parseArgs, runMain, splitList } from "../lib/cli/args.ts";
 import { ClassNames, parseClassSelection } from "../lib/pipeline/classes.ts";
-import { DiT, type DiTConfig } from "../lib/model/dit.ts";
+import { DiT } from "../lib/model/dit.ts";
 import { readWeightsConfig } from "../lib/model/weights.ts";
-import {
-  readSafetensors,
-  serializeSafetensors,
-  type TensorToWrite,
-} from "../lib/io/safetensors.ts";
+import { checkpointWeights, isCheckpoint } from "../lib/training/checkpoint.ts";
+import { RunFolder } from "../lib/training/run.ts";
 import { type LatentDataset, loadLatents } from "../lib/data/latents.ts";
 import {
   evaluationGrid,
@@ -284,10 +281,7 @@ async function loadModel(source: string, options: { raw: boolean }): Promise<Loa
       steps: config.sampling.steps,
     };
   }
-  const { tensors, metadata } = await readSafetensors(source, {
-    what: "model (a checkpoint from `deno task train`, or weights/model.safetensors)",
-  });
-  if (metadata.format !== "anthos-checkpoint") {
+  if (!(await isCheckpoint(source))) {
     if (options.raw) throw new CliError("--raw applies to checkpoints, not to model weights");
     const dir = source.includes("/") ? source.replace(/\/[^/]*$/, "") : ".";
     const config = await readWeightsConfig(`${dir}/config.json`);
@@ -298,30 +292,14 @@ async function loadModel(source: string, options: { raw: boolean }): Promise<Loa
       steps: config.sampling.steps,
     };
   }
-  const prefix = options.raw ? "model." : "ema.";
-  const picked: Record<string, TensorToWrite> = {};
-  for (const [k, t] of tensors) {
-    if (k.startsWith(prefix)) {
-      picked[k.slice(prefix.length)] = {
-        dtype: "F32",
-        shape: t.shape,
-        data: t.data as Float32Array,
-      };
-    }
-  }
-  const modelConfig = JSON.parse(metadata.model_config) as DiTConfig;
-  const model = await DiT.load(serializeSafetensors(picked), { config: modelConfig });
-  let vae: string | undefined;
-  try {
-    const dir = source.includes("/") ? source.replace(/\/[^/]*$/, "") : ".";
-    vae = JSON.parse(await Deno.readTextFile(`${dir}/run.json`)).latentMetadata?.vae;
-  } catch {
-    vae = undefined; // no run.json: the cache's metadata decides
-  }
+  const { model, info } = await checkpointWeights(source, { raw: options.raw });
+  const dir = source.includes("/") ? source.replace(/\/[^/]*$/, "") : ".";
+  // No run.json (or a damaged one): the cache's metadata decides the VAE.
+  const run = await new RunFolder(dir).readInfo().catch(() => null);
   return {
     model,
-    label: `${source} (step ${metadata.step}, ${options.raw ? "raw" : "EMA"})`,
-    vae,
+    label: `${source} (step ${info.step}, ${options.raw ? "raw" : "EMA"})`,
+    vae: run?.latentMetadata?.vae,
   };
 }
 

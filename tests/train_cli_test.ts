@@ -126,7 +126,16 @@ Deno.test({
     });
 
     await t.step("--resume to 6 equals a straight 6-step run, bit for bit", async () => {
-      const r1 = await runTask("train", ["--resume", "--out", runA, "--steps", "6"]);
+      // The --help example's form: repeating the run's own --preset is no change (issue 11.10).
+      const r1 = await runTask("train", [
+        "--preset",
+        "smoke",
+        "--resume",
+        "--out",
+        runA,
+        "--steps",
+        "6",
+      ]);
       assertEquals(r1.code, 0, r1.stderr);
       assert(r1.stderr.includes("resuming"), r1.stderr);
       assertEquals(readLog(`${runA}/log.jsonl`).map((l) => l.step), [1, 2, 3, 4, 5, 6]);
@@ -144,6 +153,33 @@ Deno.test({
       const lb = readLog(`${runB}/log.jsonl`).map((l) => l.loss);
       assertEquals(la, lb);
     });
+
+    await t.step(
+      "--max-minutes: saves and stops; --resume then equals the straight run",
+      async () => {
+        const out = `${tmp}/timed`;
+        const r1 = await runTask("train", [
+          ...common,
+          ...["--data", cache, "--out", out, "--steps", "6", "--sample-every", "0"],
+          ...["--max-minutes", "0.000001"],
+        ]);
+        assertEquals(r1.code, 0, r1.stderr);
+        assert(r1.stderr.includes("time limit reached at step 1"), r1.stderr);
+        const r2 = await runTask("train", ["--resume", "--out", out, "--sample-every", "0"]);
+        assertEquals(r2.code, 0, r2.stderr);
+        for (const prefix of ["model.", "ema.", "adam_m.", "adam_v."]) {
+          const a = await tensorsOf(`${out}/checkpoint.safetensors`, prefix);
+          assert(sameBits(a, await tensorsOf(`${runB}/checkpoint.safetensors`, prefix)), prefix);
+        }
+        const strip = (l: Record<string, number>) => [l.step, l.loss, l.gradNorm, l.lr];
+        assertEquals(
+          readLog(`${out}/log.jsonl`).map(strip),
+          readLog(`${runB}/log.jsonl`).map(strip),
+        );
+        const ledger = readLog(`${out}/ledger.jsonl`);
+        assertEquals(ledger.map((e) => [e.slot, e.stepsFrom, e.stepsTo]), [[1, 0, 1], [2, 1, 6]]);
+      },
+    );
 
     await t.step("convert: EMA weights -> model.safetensors + config.json", async () => {
       const out = `${tmp}/weights`;
@@ -199,8 +235,27 @@ Deno.test({
       assert(step >= 1 && step < 20, `kept checkpoint at step ${step}`);
     });
 
-    await t.step("Ctrl-C: finishes the step, saves, exits 130; --resume goes on", async () => {
-      const out = `${tmp}/int`;
+    await t.step("non-finite loss before any checkpoint: says none exists", async () => {
+      const r = await runTask("train", [
+        ...common,
+        ...["--data", cache, "--out", `${tmp}/nan0`, "--steps", "20", "--lr", "1e30"],
+        ...["--warmup", "0", "--ckpt-every", "0", "--sample-every", "0"],
+      ]);
+      assertEquals(r.code, 1, r.stderr);
+      assert(r.stderr.includes("no checkpoint was written yet"), r.stderr);
+      assert(!r.stderr.includes("(step 0) is kept"), r.stderr);
+    });
+
+    for (const [signal, code] of [["SIGINT", 130], ["SIGTERM", 143]] as const) {
+      await t.step(
+        `${signal}: finishes the step, saves, exits ${code}; --resume goes on`,
+        async () => {
+          await interrupted(`${tmp}/int-${signal}`, signal, code);
+        },
+      );
+    }
+
+    async function interrupted(out: string, signal: Deno.Signal, code: number) {
       const child = new Deno.Command(Deno.execPath(), {
         args: [
           ...["run", "-A", "tasks/train.ts", ...common, "--data", cache, "--out", out],
@@ -219,10 +274,10 @@ Deno.test({
         if (done) break;
         err += value;
       }
-      child.kill("SIGINT");
+      child.kill(signal);
       for (let r = await reader.read(); !r.done; r = await reader.read()) err += r.value;
       const status = await child.status;
-      assertEquals(status.code, 130, err);
+      assertEquals(status.code, code, err);
       const step = Number((await readSafetensors(`${out}/checkpoint.safetensors`)).metadata.step);
       assert(step >= 1, `checkpoint at step ${step}`);
       assertEquals(readLog(`${out}/log.jsonl`).length, step);
@@ -231,7 +286,7 @@ Deno.test({
       ]);
       assertEquals(r.code, 0, r.stderr);
       assertEquals(readLog(`${out}/log.jsonl`).map((l) => l.step).at(-1), step + 1);
-    });
+    }
 
     await Deno.remove(tmp, { recursive: true });
   },

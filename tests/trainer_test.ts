@@ -197,3 +197,54 @@ Deno.test("a NaN loss stops training with a clear error and leaves weights and c
   tf.dispose([data.latents, bad.latents]);
   await Deno.remove(dir, { recursive: true });
 });
+
+Deno.test("resume across backends: wasm -> checkpoint -> webgpu equals a straight wasm run (float tolerance)", async () => {
+  await loadBackend("wasm");
+  const data = toySet(24, 3);
+  const straight = new Trainer({ ...tiny, preset: "smoke", steps: 8 });
+  await straight.fit(data);
+  const want = new Map<string, Float32Array>();
+  for (const [prefix, model] of [["model.", straight.model], ["ema.", straight.ema]] as const) {
+    for (const p of model.namedParams()) {
+      want.set(prefix + p.key, await p.variable.data() as Float32Array);
+    }
+  }
+  const moments = async (t: Trainer) => {
+    const s = t.state();
+    return await Promise.all([...s.adamM, ...s.adamV].map((m) => m.data()));
+  };
+  const wantMoments = await moments(straight);
+  straight.dispose();
+  const half = new Trainer({ ...tiny, preset: "smoke", steps: 8 });
+  await half.fit(data, { untilStep: 4 });
+  const dir = await Deno.makeTempDir();
+  await half.saveCheckpoint(`${dir}/ckpt.safetensors`);
+  half.dispose();
+  const latents = await data.latents.data() as Float32Array;
+  data.latents.dispose();
+  if (!(await useBackend("webgpu"))) return;
+  const gpuData: LatentDataset = { ...data, latents: tf.tensor4d(latents, [24, 8, 8, 4]) };
+  const resumed = await Trainer.resume(`${dir}/ckpt.safetensors`);
+  await resumed.fit(gpuData);
+  await resumed.sync();
+  assertEquals(resumed.step, 8);
+  let worst = 0;
+  for (const [prefix, model] of [["model.", resumed.model], ["ema.", resumed.ema]] as const) {
+    for (const p of model.namedParams()) {
+      const e = relErr(await p.variable.data(), want.get(prefix + p.key)!);
+      worst = Math.max(worst, e);
+      assertLess(e, 1e-4, `${prefix}${p.key}: rel err ${e} after a webgpu resume`);
+    }
+  }
+  const gotMoments = await moments(resumed);
+  gotMoments.forEach((m, i) => {
+    const e = relErr(m, wantMoments[i]);
+    worst = Math.max(worst, e);
+    assertLess(e, 1e-3, `AdamW moment ${i}: rel err ${e} after a webgpu resume`);
+  });
+  console.log(`wasm -> webgpu resume: worst rel err ${worst.toExponential(2)} after 4 + 4 steps`);
+  resumed.dispose();
+  gpuData.latents.dispose();
+  await loadBackend("wasm");
+  await Deno.remove(dir, { recursive: true });
+});

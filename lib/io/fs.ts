@@ -173,3 +173,46 @@ export async function checkWritable(
   }
   await Deno.remove(probe).catch(() => {});
 }
+
+/** Temp files of {@link writeFileAtomic}: `<name>.<pid>.<8 hex digits>.tmp`. */
+const TEMP_PATTERN = /^(.+)\.(\d+)\.[0-9a-f]{8}\.tmp$/;
+
+/**
+ * Removes the temp files {@link writeFileAtomic} left in `dir` when a writer was killed (kill -9,
+ * power loss): only names of its own pattern whose writing process is gone. Returns the removed
+ * paths. Other files, and temps of another process still running, are left alone. Call it before
+ * this process writes in `dir`.
+ *
+ * @example
+ * ```ts
+ * import { removeStaleTemps } from "./fs.ts";
+ * const removed = await removeStaleTemps("runs/smoke");
+ * if (removed.length) console.log(`removed ${removed.length} stale temp file(s)`);
+ * ```
+ */
+export async function removeStaleTemps(dir: string): Promise<string[]> {
+  const removed: string[] = [];
+  let entries: Deno.DirEntry[];
+  try {
+    entries = await Array.fromAsync(Deno.readDir(dir));
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return removed;
+    throw e;
+  }
+  const hasProc = await exists("/proc/self");
+  for (const e of entries) {
+    const m = e.isFile ? TEMP_PATTERN.exec(e.name) : null;
+    if (!m) continue;
+    const pid = Number(m[2]);
+    const path = `${dir}/${e.name}`;
+    let alive: boolean;
+    // Our own pid counts as gone: call this before writing in `dir` (containers reuse pids).
+    if (pid === Deno.pid) alive = false;
+    else if (hasProc) alive = await exists(`/proc/${pid}`);
+    else alive = Date.now() - ((await Deno.stat(path)).mtime?.getTime() ?? 0) < 3_600_000;
+    if (alive) continue;
+    await Deno.remove(path).catch(() => {});
+    removed.push(path);
+  }
+  return removed;
+}

@@ -5,7 +5,7 @@
  * @module
  */
 
-import { DEFAULT_CONFIG, type DiTConfig } from "./dit.ts";
+import { DEFAULT_CONFIG, type DiT, type DiTConfig } from "./dit.ts";
 import { CFG_SCALE_RANGE, SAMPLE_DEFAULTS, type SamplerName } from "./flow.ts";
 import { AUTOENCODER_KINDS, type AutoencoderKind, AUTOENCODERS } from "./latent_space.ts";
 import { writeFileAtomic } from "../io/fs.ts";
@@ -245,4 +245,72 @@ function checkWeightsConfig(raw: unknown, d: WeightsConfig): string[] {
  */
 export async function writeWeightsConfig(path: string, config: WeightsConfig): Promise<void> {
   await writeFileAtomic(path, JSON.stringify(config, null, 2) + "\n");
+}
+
+/** What {@link saveWeights} wrote. */
+export interface SavedWeights {
+  /** Path of `model.safetensors`. */
+  model: string;
+  /** Path of `config.json`. */
+  config: string;
+  /** Path of the copied `classes.txt`, if any. */
+  classes: string | null;
+  /** The written config. */
+  weightsConfig: WeightsConfig;
+}
+
+/**
+ * Writes a weights folder, the one way one is made: `model.safetensors` (reference keys, PyTorch
+ * layout) + `config.json` (the model's architecture, sampling defaults, latent space, provenance),
+ * plus a copy of `classes.txt` when given. Each file is written atomically.
+ *
+ * @example
+ * ```ts
+ * import { DiT } from "./dit.ts";
+ * import { saveWeights } from "./weights.ts";
+ * const model = DiT.create({}, { seed: 0 });
+ * await saveWeights("/tmp/anthos-weights", model, { vae: { name: "taesd", scalingFactor: 0.18215 } });
+ * model.dispose();
+ * ```
+ */
+export async function saveWeights(
+  dir: string,
+  model: DiT,
+  options: {
+    vae?: WeightsConfig["vae"];
+    sampling?: Partial<WeightsConfig["sampling"]>;
+    training?: Record<string, unknown>;
+    classesFile?: string;
+    metadata?: Record<string, string>;
+  } = {},
+): Promise<SavedWeights> {
+  const d = defaultWeightsConfig();
+  const weightsConfig: WeightsConfig = {
+    format: "anthos",
+    model: { ...model.config },
+    sampling: { ...d.sampling, ...options.sampling },
+    vae: options.vae ?? d.vae,
+    ...(options.training ? { training: options.training } : {}),
+  };
+  await Deno.mkdir(dir, { recursive: true });
+  const modelPath = `${dir}/model.safetensors`;
+  await model.save(modelPath, { metadata: options.metadata });
+  const configPath = `${dir}/config.json`;
+  await writeWeightsConfig(configPath, weightsConfig);
+  let classes: string | null = null;
+  if (options.classesFile) {
+    classes = `${dir}/classes.txt`;
+    if (await realPath(options.classesFile) !== await realPath(classes)) {
+      await writeFileAtomic(classes, await Deno.readFile(options.classesFile));
+    }
+  }
+  return { model: modelPath, config: configPath, classes, weightsConfig };
+}
+
+async function realPath(p: string): Promise<string | null> {
+  try {
+    return await Deno.realPath(p);
+  } catch {
+    return null;
+  }
 }

@@ -7,10 +7,9 @@
  * @module
  */
 
-import { DiT, type DiTConfig } from "../model/dit.ts";
-import { readSafetensors, serializeSafetensors, type TensorToWrite } from "../io/safetensors.ts";
-import { writeFileAtomic } from "../io/fs.ts";
-import { defaultWeightsConfig, type WeightsConfig, writeWeightsConfig } from "../model/weights.ts";
+import { saveWeights, type WeightsConfig } from "../model/weights.ts";
+import { type AutoencoderKind, AUTOENCODERS } from "../autoencoders/autoencoder.ts";
+import { checkpointWeights } from "./checkpoint.ts";
 
 /** Options of {@link exportCheckpoint}. */
 export interface ExportOptions {
@@ -60,87 +59,44 @@ export async function exportCheckpoint(
   outDir: string,
   options: ExportOptions = {},
 ): Promise<ExportResult> {
-  const { tensors, metadata } = await readSafetensors(checkpoint, {
-    what: "training checkpoint (made by `deno task train`)",
-  });
-  if (metadata.format !== "anthos-checkpoint") {
-    throw new Error(
-      `${checkpoint} is not an Anthos training checkpoint (format "${metadata.format}"). ` +
-        `Pass the checkpoint.safetensors written by \`deno task train\` (runs/NAME/).`,
-    );
-  }
-  const modelConfig = JSON.parse(metadata.model_config) as DiTConfig;
-  const trainConfig = JSON.parse(metadata.train_config) as Record<string, unknown>;
-  const step = Number(metadata.step);
-  const prefix = options.raw ? "model." : "ema.";
-  const picked: Record<string, TensorToWrite> = {};
-  for (const [k, t] of tensors) {
-    if (k.startsWith(prefix)) {
-      picked[k.slice(prefix.length)] = {
-        dtype: "F32",
-        shape: t.shape,
-        data: t.data as Float32Array,
-      };
-    }
-  }
-  // Loading through DiT.load checks every key and shape against the architecture.
-  const model = await DiT.load(serializeSafetensors(picked), { config: modelConfig });
-  const modelPath = `${outDir}/model.safetensors`;
-  try {
-    await Deno.mkdir(outDir, { recursive: true });
-    await model.save(modelPath, {
-      metadata: { step: String(step), weights: options.raw ? "raw" : "ema" },
-    });
-  } finally {
-    model.dispose();
-  }
-
+  const { model, info } = await checkpointWeights(checkpoint, { raw: options.raw });
+  const tc = info.trainConfig;
   const lat = options.latentMetadata ?? {};
-  const d = defaultWeightsConfig();
-  const vaeName = lat.vae === "sd-vae-ft-ema" || lat.vae === "taesd" ? lat.vae : undefined;
+  const vaeName = lat.vae !== undefined && lat.vae in AUTOENCODERS
+    ? lat.vae as AutoencoderKind
+    : undefined;
   const vae = options.vae ?? {
     name: vaeName ?? "taesd",
-    scalingFactor: lat.scaling_factor ? Number(lat.scaling_factor) : 0.18215,
+    scalingFactor: lat.scaling_factor
+      ? Number(lat.scaling_factor)
+      : AUTOENCODERS[vaeName ?? "taesd"].scalingFactor,
   };
   const dataset: Record<string, string> = {};
   for (const k of ["source", "splits", "count", "images", "flipped", "limit"]) {
     if (lat[k] !== undefined) dataset[k] = lat[k];
   }
-  const weightsConfig: WeightsConfig = {
-    format: "anthos",
-    model: modelConfig,
-    sampling: { ...d.sampling, ...options.sampling },
-    vae,
-    training: {
-      step,
-      steps: trainConfig.steps,
-      batchSize: trainConfig.batchSize,
-      lr: trainConfig.lr,
-      warmupSteps: trainConfig.warmupSteps,
-      emaDecay: trainConfig.emaDecay,
-      seed: trainConfig.seed,
-      modelPreset: trainConfig.model,
-      weights: options.raw ? "raw" : "ema",
-      dataset,
-      ...options.training,
-    },
-  };
-  const configPath = `${outDir}/config.json`;
-  await writeWeightsConfig(configPath, weightsConfig);
-  let classes: string | null = null;
-  if (options.classesFile) {
-    classes = `${outDir}/classes.txt`;
-    if (await realPath(options.classesFile) !== await realPath(classes)) {
-      await writeFileAtomic(classes, await Deno.readFile(options.classesFile));
-    }
-  }
-  return { model: modelPath, config: configPath, classes, step, weightsConfig };
-}
-
-async function realPath(p: string): Promise<string | null> {
   try {
-    return await Deno.realPath(p);
-  } catch {
-    return null;
+    const saved = await saveWeights(outDir, model, {
+      vae,
+      sampling: options.sampling,
+      training: {
+        step: info.step,
+        steps: tc.steps,
+        batchSize: tc.batchSize,
+        lr: tc.lr,
+        warmupSteps: tc.warmupSteps,
+        emaDecay: tc.emaDecay,
+        seed: tc.seed,
+        modelPreset: tc.model,
+        weights: options.raw ? "raw" : "ema",
+        dataset,
+        ...options.training,
+      },
+      classesFile: options.classesFile,
+      metadata: { step: String(info.step), weights: options.raw ? "raw" : "ema" },
+    });
+    return { ...saved, step: info.step };
+  } finally {
+    model.dispose();
   }
 }

@@ -12,19 +12,18 @@
  */
 
 import * as tf from "@tensorflow/tfjs-core";
-import {
-  DiT,
-  type DiTConfig,
-  fromTorchLayout,
-  nullClassId,
-  PRESETS,
-  toTorchLayout,
-} from "../model/dit.ts";
+import { DiT, type DiTConfig, nullClassId, PRESETS } from "../model/dit.ts";
 import { disposeBatch, type FlowBatch, flowBatch, flowLoss } from "../model/flow.ts";
 import type { LatentDataset } from "../data/latents.ts";
-import { Rng } from "../runtime/rng.ts";
+import { checkSeed, Rng } from "../runtime/rng.ts";
+import {
+  type DataOrder,
+  readCheckpoint,
+  type TrainingState,
+  writeCheckpoint,
+  type WriteCheckpointOptions,
+} from "./checkpoint.ts";
 import { adamwOnHeap } from "./adamw_heap.ts";
-import { readSafetensors, type TensorToWrite, writeSafetensors } from "../io/safetensors.ts";
 import { DeviceAdamW, deviceAdamWSupported } from "./optimizer_webgpu.ts";
 
 // ---------------------------------------------------------------- configuration
@@ -177,6 +176,8 @@ export class Trainer {
   readEvery = 1;
   #device: DeviceAdamW | null | undefined;
   #lastLr: [number, number] = [0, 0]; // [step, lr] of the latest device step
+  /** Where the current data order began and over how many latents (see {@link batchIndices}). */
+  dataOrder: DataOrder = { startStep: 0, size: null };
   #m: tf.Variable[];
   #v: tf.Variable[];
   #vars: tf.Variable[];
@@ -189,10 +190,15 @@ export class Trainer {
       modelConfig?: Partial<DiTConfig>;
       /** Start from these weights instead of a fresh init (the trainer takes ownership). */
       init?: DiT;
+      /**
+       * Continue from this state (see {@link Trainer.resume}); the trainer takes ownership of
+       * its models and moments. Its configuration is the base the other options override.
+       */
+      restore?: TrainingState;
     } = {},
   ) {
-    const { preset = "anthos", modelConfig, init, ...rest } = options;
-    const base = TRAIN_PRESETS[preset];
+    const { preset = "anthos", modelConfig, init, restore, ...rest } = options;
+    const base = restore ? restore.trainConfig as unknown as TrainConfig : TRAIN_PRESETS[preset];
     if (!base) {
       throw new Error(
         `unknown training preset "${preset}": use one of ${Object.keys(TRAIN_PRESETS).join(", ")}`,
@@ -205,33 +211,58 @@ export class Trainer {
     validate(config);
     this.config = config;
     const arch = PRESETS[config.model];
-    if (!arch) {
+    if (!arch && !restore) {
       throw new Error(
         `unknown model preset "${config.model}": use one of ${Object.keys(PRESETS).join(", ")}`,
       );
     }
-    this.model = init ?? DiT.create({ ...arch, ...modelConfig }, { seed: config.seed });
-    this.ema = this.model.clone();
+    if (restore) {
+      this.model = restore.model;
+      this.ema = restore.ema;
+      this.step = restore.step;
+      this.dataOrder = { ...restore.dataOrder };
+    } else {
+      this.model = init ?? DiT.create({ ...arch, ...modelConfig }, { seed: config.seed });
+      this.ema = this.model.clone();
+    }
     this.#vars = this.model.trainableVariables();
     this.#emaVars = this.ema.trainableVariables();
-    this.#m = this.#vars.map((v) => tf.variable(tf.zerosLike(v), false));
-    this.#v = this.#vars.map((v) => tf.variable(tf.zerosLike(v), false));
+    const moments = (from: readonly tf.Tensor[] | undefined) =>
+      this.#vars.map((v, i) => {
+        const init = from?.[i] ?? tf.zerosLike(v);
+        const out = tf.variable(init, false);
+        init.dispose();
+        return out;
+      });
+    this.#m = moments(restore?.adamM);
+    this.#v = moments(restore?.adamV);
+  }
+
+  /**
+   * Starts a new data-order phase at the current step over `size` latents (more data arrived):
+   * from here on, batches are drawn from permutations of the new set.
+   */
+  beginPhase(size: number): void {
+    this.dataOrder = { startStep: this.step, size };
   }
 
   /**
    * The data indices of step `step` (0-based): consecutive slices of a stream of per-epoch
-   * permutations, each drawn from the seed and the epoch number alone.
+   * permutations, each drawn from the seed, the epoch number and the phase's first step alone.
    */
   batchIndices(step: number, datasetSize: number): Int32Array {
     const b = this.config.batchSize;
+    const start = this.dataOrder.startStep;
+    // Phase 0 keeps the original stream; a later phase gets its own (new data, new order).
+    const seed = start === 0 ? this.config.seed : mixSeed(this.config.seed, 0xda7a, start);
     const out = new Int32Array(b);
     let perm: Int32Array | null = null;
     let permEpoch = -1;
     for (let i = 0; i < b; i++) {
-      const g = step * b + i;
+      const g = (step - start) * b + i;
       const epoch = Math.floor(g / datasetSize);
       if (epoch !== permEpoch) {
-        perm = new Rng(mixSeed(this.config.seed, 0x5eed, epoch)).permutation(datasetSize);
+        perm = new Rng(mixSeed(seed, 0x5eed, epoch)).permutation(datasetSize);
         permEpoch = epoch;
       }
       out[i] = perm![g % datasetSize];
@@ -246,6 +277,14 @@ export class Trainer {
   async trainStep(data: LatentDataset): Promise<StepInfo> {
     const c = this.config;
     const n = data.latents.shape[0];
+    if (this.dataOrder.size === null) this.dataOrder.size = n;
+    if (n !== this.dataOrder.size) {
+      throw new Error(
+        `the training set has ${n} latents, but this run's data order was drawn over ` +
+          `${this.dataOrder.size} (since step ${this.dataOrder.startStep}): resume on the same ` +
+          `data, or call beginPhase(${n}) to start a new phase on the new set`,
+      );
+    }
     const idx = this.batchIndices(this.step, n);
     const rng = new Rng(mixSeed(c.seed, 0x7a11, this.step));
     const labels = Int32Array.from(idx, (i) => data.labels[i]);
@@ -439,88 +478,43 @@ export class Trainer {
     return last;
   }
 
-  /**
-   * Writes a checkpoint atomically: weights, EMA, AdamW moments (PyTorch layout, F32), the step,
-   * the configuration and the RNG state (seed and step, from which all randomness derives).
-   */
-  async saveCheckpoint(path: string): Promise<void> {
-    await this.sync(); // webgpu: a non-finite step throws here, before anything is written
-    const tensors: Record<string, TensorToWrite> = {};
-    const add = async (prefix: string, model: DiT) => {
-      for (const [k, v] of Object.entries(await model.stateDict())) tensors[prefix + k] = v;
+  /** The full resumable state (shares this trainer's tensors: do not dispose them). */
+  state(): TrainingState {
+    return {
+      step: this.step,
+      trainConfig: { ...this.config },
+      model: this.model,
+      ema: this.ema,
+      adamM: this.#m,
+      adamV: this.#v,
+      seed: this.config.seed,
+      dataOrder: { ...this.dataOrder },
     };
-    await add("model.", this.model);
-    await add("ema.", this.ema);
-    const named = this.model.namedParams().filter((p) => p.key !== "pos_embed");
-    for (const [prefix, moments] of [["adam_m.", this.#m], ["adam_v.", this.#v]] as const) {
-      for (let i = 0; i < named.length; i++) {
-        // Moments share their parameter's layout, so store them in the same (PyTorch) layout.
-        const tmp = this.#vars[i];
-        const np = named[i];
-        const data = await moments[i].data() as Float32Array;
-        tensors[prefix + np.key] = {
-          dtype: "F32",
-          shape: np.torchShape,
-          data: toTorchLayout(data, tmp.shape, np.torchShape, np.layout),
-        };
-      }
-    }
-    await writeSafetensors(path, tensors, {
-      metadata: {
-        format: "anthos-checkpoint",
-        step: String(this.step),
-        train_config: JSON.stringify(this.config),
-        model_config: JSON.stringify(this.model.config),
-        rng: JSON.stringify({ seed: this.config.seed, step: this.step }),
-      },
-    });
+  }
+
+  /**
+   * Writes a checkpoint atomically (see `checkpoint.ts` for its layout): weights, EMA, AdamW
+   * moments, the step, the configuration, the RNG state and the data order.
+   */
+  async saveCheckpoint(path: string, options: WriteCheckpointOptions = {}): Promise<void> {
+    await this.sync(); // webgpu: a non-finite step throws here, before anything is written
+    await writeCheckpoint(path, this.state(), options);
   }
 
   /**
    * Restores a trainer from a checkpoint written by {@link Trainer.saveCheckpoint}; training
-   * then continues on exactly the trajectory of an uninterrupted run.
+   * then continues on exactly the trajectory of an uninterrupted run. The weights are built from
+   * the file directly (nothing is randomly initialised first). `overrides` may change e.g. `steps`.
    */
   static async resume(path: string, overrides: Partial<TrainConfig> = {}): Promise<Trainer> {
-    const { tensors, metadata } = await readSafetensors(path, { what: "checkpoint" });
-    if (metadata.format !== "anthos-checkpoint") {
-      throw new Error(`${path} is not an Anthos training checkpoint (format "${metadata.format}")`);
+    const state = await readCheckpoint(path);
+    try {
+      return new Trainer({ ...overrides, restore: state });
+    } catch (e) {
+      tf.dispose([state.model, state.ema].flatMap((m) => m.namedParams().map((p) => p.variable)));
+      tf.dispose([...state.adamM, ...state.adamV]);
+      throw e;
     }
-    const config = { ...JSON.parse(metadata.train_config), ...overrides } as TrainConfig;
-    const modelConfig = JSON.parse(metadata.model_config) as DiTConfig;
-    const trainer = new Trainer({ ...config, preset: "anthos", modelConfig });
-    const restore = (prefix: string, model: DiT) => {
-      for (const np of model.namedParams()) {
-        const t = tensors.get(prefix + np.key);
-        if (!t) throw new Error(`checkpoint ${path} lacks "${prefix + np.key}": it is incomplete`);
-        np.variable.assign(
-          tf.tensor(
-            fromTorchLayout(t.data as Float32Array, np.variable.shape, np.torchShape, np.layout),
-            np.variable.shape,
-          ),
-        );
-      }
-    };
-    tf.tidy(() => {
-      restore("model.", trainer.model);
-      restore("ema.", trainer.ema);
-      const named = trainer.model.namedParams().filter((p) => p.key !== "pos_embed");
-      for (const [prefix, moments] of [["adam_m.", trainer.#m], ["adam_v.", trainer.#v]] as const) {
-        named.forEach((np, i) => {
-          const t = tensors.get(prefix + np.key);
-          if (!t) {
-            throw new Error(`checkpoint ${path} lacks "${prefix + np.key}": it is incomplete`);
-          }
-          moments[i].assign(
-            tf.tensor(
-              fromTorchLayout(t.data as Float32Array, np.variable.shape, np.torchShape, np.layout),
-              np.variable.shape,
-            ),
-          );
-        });
-      }
-    });
-    trainer.step = Number(metadata.step);
-    return trainer;
   }
 
   /** Frees the model, EMA and optimizer state. */
@@ -546,6 +540,7 @@ function validate(c: TrainConfig): void {
   if (!(c.emaDecay >= 0 && c.emaDecay < 1)) {
     throw new Error(`emaDecay must be in [0, 1), got ${c.emaDecay}`);
   }
+  checkSeed(c.seed, "seed");
 }
 
 /** Mixes a seed, a stream tag and a counter into one 32-bit seed (distinct streams per step). */
