@@ -94,6 +94,8 @@ export interface RunInfo {
   latentMetadata: Record<string, string>;
   /** Train on the first N latents only. */
   limit?: number;
+  /** Share of the photos held out for validation (eval.ts's rule; default 2%). */
+  heldOutFraction?: number;
   /** The data phases, oldest first. */
   phases: Phase[];
 }
@@ -364,6 +366,8 @@ export interface OpenRunOptions {
   vae?: string;
   /** Local autoencoder files, remembered in run.json. */
   vaeDir?: string;
+  /** A new run's held-out share of the photos (default eval.ts's 2%); kept for its life. */
+  heldOutFraction?: number;
 }
 
 /** Why a training session ended. */
@@ -581,7 +585,8 @@ export class TrainingRun {
       }
       checkLatents(trainer, data, files);
       // The held-out slice (eval.ts's rule: per photo, stable when files are added) never trains.
-      split = heldOutSplit(data);
+      const fraction = info ? info.heldOutFraction : options.heldOutFraction;
+      split = heldOutSplit(data, fraction !== undefined ? { fraction } : {});
       train = split.heldOut.length ? selectLatents(data, split.train) : data;
       if (newPhase) trainer.beginPhase(train.labels.length);
       const preset = info?.preset ?? options.preset ?? "anthos";
@@ -603,6 +608,7 @@ export class TrainingRun {
         vaeDir: options.vaeDir ?? info?.vaeDir,
         latentMetadata: info?.latentMetadata ?? data.metadata,
         limit,
+        heldOutFraction: split.fraction,
         phases,
       };
       await Deno.mkdir(folder.samples, { recursive: true });
