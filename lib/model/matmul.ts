@@ -177,6 +177,9 @@ export function gemm(a: tf.Tensor, b: tf.Tensor, options: GemmOptions = {}): tf.
   });
 }
 
+/** Multiply-adds per slice below which a batched product runs single-threaded (Blas.singleThreaded). */
+const SMALL_PRODUCT = 1 << 22;
+
 /**
  * The BLAS product on the wasm heap (see {@link gemm}); null when the backend's internals are not
  * as expected or a dtype is not float32 (then the caller takes the XNNPACK path).
@@ -235,23 +238,28 @@ function blasGemm(
       }
       beta = 1;
     }
-    for (let i = 0; i < nb; i++) {
-      blas.sgemm(
-        transA,
-        transB,
-        m,
-        n,
-        k,
-        1,
-        base + offA + 4 * i * ra * ca,
-        ca,
-        base + offB + 4 * i * rb * cb,
-        cb,
-        beta,
-        base + offC + 4 * i * m * n,
-        n,
-      );
-    }
+    const slices = () => {
+      for (let i = 0; i < nb; i++) {
+        blas.sgemm(
+          transA,
+          transB,
+          m,
+          n,
+          k,
+          1,
+          base + offA + 4 * i * ra * ca,
+          ca,
+          base + offB + 4 * i * rb * cb,
+          cb,
+          beta,
+          base + offC + 4 * i * m * n,
+          n,
+        );
+      }
+    };
+    // Many small slices (attention: [256, 24] @ [24, 256]): one thread each, no hand-offs.
+    if (nb > 1 && m * n * k < SMALL_PRODUCT) blas.singleThreaded(slices);
+    else slices();
     return out;
   });
 }

@@ -63,6 +63,7 @@ const OPENBLAS_EXTRAS = {
   openblas_get_config: { parameters: [], result: "pointer" },
   openblas_get_corename: { parameters: [], result: "pointer" },
   openblas_get_num_threads: { parameters: [], result: "i32" },
+  openblas_set_num_threads: { parameters: ["i32"], result: "void" },
 } as const;
 
 /** A loaded BLAS. */
@@ -89,6 +90,12 @@ export interface Blas {
     c: number,
     ldc: number,
   ): void;
+  /**
+   * Runs `f` with the library's own threading limited to one thread (OpenBLAS; elsewhere `f`
+   * runs as it is). For many small products in a row: handing each one to a second thread costs
+   * more than it saves, and far more when the cores are busy with other work (measured).
+   */
+  singleThreaded<T>(f: () => T): T;
 }
 
 /** Whether BLAS is loaded and in use, and if not, why not. */
@@ -223,8 +230,12 @@ function open(file: string): Blas {
   const lib = Deno.dlopen(file, SYMBOLS);
   const sgemm = lib.symbols.cblas_sgemm;
   let name = file;
+  let threads = 1;
+  let setThreads: ((n: number) => void) | null = null;
   try {
     const extra = Deno.dlopen(file, OPENBLAS_EXTRAS).symbols;
+    threads = extra.openblas_get_num_threads();
+    setThreads = (n) => extra.openblas_set_num_threads(n);
     const str = (p: Deno.PointerValue) => p ? new Deno.UnsafePointerView(p).getCString() : "";
     const version = str(extra.openblas_get_config()).match(/^OpenBLAS (\S+)/)?.[1] ?? "";
     name = `OpenBLAS ${version} (${str(extra.openblas_get_corename())} kernels, ` +
@@ -234,6 +245,15 @@ function open(file: string): Blas {
   }
   return {
     name,
+    singleThreaded<T>(f: () => T): T {
+      if (setThreads === null || threads === 1) return f();
+      setThreads(1);
+      try {
+        return f();
+      } finally {
+        setThreads(threads);
+      }
+    },
     sgemm(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc) {
       sgemm(
         ROW_MAJOR,
