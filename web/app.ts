@@ -83,7 +83,10 @@ worker.onmessage = (ev: MessageEvent<Reply>) => {
     case "progress":
       progress.max = r.total;
       progress.value = r.done;
-      progressText.textContent = `${r.done} / ${r.total} steps`;
+      // One unit per sampling step of each batch, plus one per batch decode.
+      progressText.textContent = r.done === r.total
+        ? "decoded"
+        : `${r.phase === "decode" ? "decoded a batch" : "sampling"}: ${r.done} / ${r.total}`;
       break;
     case "result":
       show(r.images, r.seconds);
@@ -262,7 +265,6 @@ function show(images: ImageReply[], seconds: number): void {
   $("command").textContent = sampleCommand(req);
   $("code").textContent = pipelineCode(req);
   $("results").hidden = false;
-  progressBox.hidden = true;
   generateButton.disabled = false;
   setState("done");
 }

@@ -56,7 +56,7 @@ export type Reply =
     classes: string[];
     sampling: { steps: number; cfgScale: number; sampler: SamplerName };
   }
-  | { type: "progress"; done: number; total: number }
+  | { type: "progress"; done: number; total: number; phase: "sample" | "decode" }
   | { type: "result"; images: ImageReply[]; seconds: number }
   | { type: "error"; message: string };
 
@@ -136,7 +136,7 @@ async function generate(r: Extract<Request, { type: "generate" }>): Promise<void
     steps: r.steps,
     cfgScale: r.cfgScale,
     sampler: r.sampler,
-    onProgress: (p) => send({ type: "progress", done: p.done, total: p.total }),
+    onProgress: (p) => send({ type: "progress", done: p.done, total: p.total, phase: p.phase }),
   });
   const out: ImageReply[] = [];
   for (const im of images) {
