@@ -41,6 +41,7 @@ export {
   type GenerateProgress,
   type PipelineGridOptions,
   type PipelineLoadOptions,
+  type PipelineParts,
 } from "./lib/pipeline/pipeline.ts";
 export {
   type BlockParams,

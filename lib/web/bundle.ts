@@ -1,9 +1,10 @@
 /**
  * The browser bundle of the demo page: `web/app.ts` (the page) and `web/worker.ts` (generation:
  * the library's own pipeline, model, sampler and TAESD decoder) bundled by `deno bundle` for the
- * browser. The Deno-only modules the pipeline imports on demand (folder loading, sharp grids) and
- * `node:` built-ins are left out; a static import of one of them in the output is an error, so a
- * change that drags Deno code into the browser fails here instead of in a visitor's browser.
+ * browser. The Deno-only modules the pipeline imports on demand (folder loading, sharp grids) are
+ * left out, and the `node:` built-ins that shared modules import statically get browser stand-ins
+ * (`web/shims/`). Any static import left in the output is an error, so a change that drags Deno
+ * code into the browser fails here instead of in a visitor's browser.
  *
  * @module
  */
@@ -15,6 +16,9 @@ export const REPO_ROOT: string = fileURLToPath(new URL("../../", import.meta.url
 
 /** Modules reached only through `await import()` from browser code, never run there. */
 const DENO_ONLY = ["lib/pipeline/local.ts", "lib/io/image.ts"];
+
+/** Browser stand-ins for the `node:` built-ins that shared modules import statically. */
+const BROWSER_SHIMS: Record<string, string> = { "node:path": "web/shims/node_path.ts" };
 
 /** The bundled files, by the name the page loads them with (`app.js`, `worker.js`). */
 export type DemoBundle = Map<string, Uint8Array>;
@@ -38,16 +42,18 @@ export interface BundleOptions {
 export async function bundleDemo(options: BundleOptions = {}): Promise<DemoBundle> {
   const out = await Deno.makeTempDir({ prefix: "anthos-web-" });
   try {
-    const args = [
-      "bundle",
-      "--quiet",
-      "--platform",
-      "browser",
-      "--outdir",
-      out,
-      "--external",
-      "node:*",
-    ];
+    // The project's import map plus the browser shims (an --import-map replaces deno.json's).
+    const config = JSON.parse(await Deno.readTextFile(`${REPO_ROOT}deno.json`));
+    const shims = Object.fromEntries(
+      Object.entries(BROWSER_SHIMS).map(([k, v]) => [k, `${REPO_ROOT}${v}`]),
+    );
+    const importMap = `${out}/import_map.json`;
+    await Deno.writeTextFile(
+      importMap,
+      JSON.stringify({ imports: { ...config.imports, ...shims } }),
+    );
+    const args = ["bundle", "--quiet", "--platform", "browser", "--outdir", `${out}/dist`];
+    args.push("--import-map", importMap);
     for (const m of DENO_ONLY) args.push("--external", `${REPO_ROOT}${m}`);
     if (options.minify ?? true) args.push("--minify");
     args.push(`${REPO_ROOT}web/app.ts`, `${REPO_ROOT}web/worker.ts`);
@@ -67,7 +73,7 @@ export async function bundleDemo(options: BundleOptions = {}): Promise<DemoBundl
     }
     const files: DemoBundle = new Map();
     for (const name of ["app.js", "worker.js"]) {
-      const bytes = await Deno.readFile(`${out}/${name}`);
+      const bytes = await Deno.readFile(`${out}/dist/${name}`);
       checkBrowserSafe(name, dec.decode(bytes));
       files.set(name, bytes);
     }
