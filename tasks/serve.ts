@@ -5,7 +5,7 @@
  * @module
  */
 
-import { parseArgs, runMain } from "../lib/cli/args.ts";
+import { parseCommandLine, runMain } from "../lib/cli/args.ts";
 import { defaultVaeDir, serveDemo } from "../lib/web/server.ts";
 
 const SPEC = {
@@ -42,7 +42,7 @@ const SPEC = {
 } as const;
 
 async function main(): Promise<number> {
-  const { values: o } = parseArgs(SPEC);
+  const { values: o } = parseCommandLine(SPEC);
   console.error("bundling the page (deno bundle)…");
   const server = await serveDemo({
     port: o.port,

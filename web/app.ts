@@ -14,7 +14,7 @@
 import type { ImageReply, Reply, Request } from "./worker.ts";
 import { checkSeed } from "../lib/runtime/rng.ts";
 import { normalizeClassName } from "../lib/pipeline/classes.ts";
-import { encodePng, type RawImage } from "../lib/io/pixels.ts";
+import { encodePng, gridLayout, type RawImage } from "../lib/io/pixels.ts";
 
 /** Gap between tiles (and around the border) of the downloaded grid, as `deno task sample`. */
 const PAD = 4;
@@ -45,6 +45,8 @@ const badge = $<HTMLParagraphElement>("backend");
 let classNames: string[] = [];
 const picked: number[] = [];
 let backend = "";
+/** The guidance scales the library accepts (from the worker: flow.ts owns the range). */
+let cfgRange = { min: 0, max: Infinity };
 let last: { images: ImageReply[]; request: Extract<Request, { type: "generate" }> } | null = null;
 
 function setState(state: string): void {
@@ -114,6 +116,9 @@ function ready(r: Extract<Reply, { type: "ready" }>): void {
     : `running on wasm (${r.detail})`;
   badge.dataset.state = r.backend;
   classNames = r.classes;
+  cfgRange = r.cfgRange;
+  cfgInput.min = String(r.cfgRange.min);
+  cfgInput.max = String(r.cfgRange.max);
   stepsInput.value = String(r.sampling.steps);
   cfgInput.value = String(r.sampling.cfgScale);
   samplerInput.value = r.sampling.sampler;
@@ -201,9 +206,9 @@ function readForm(): Extract<Request, { type: "generate" }> | string {
       `(the model's default is 50; fewer is faster).`;
   }
   const cfgScale = cfgInput.value.trim() === "" ? NaN : Number(cfgInput.value);
-  if (!Number.isFinite(cfgScale) || cfgScale < 0) {
-    return `CFG scale must be a number of at least 0, got "${cfgInput.value}" ` +
-      `(1 = no guidance, 4 = the model's default).`;
+  if (!(cfgScale >= cfgRange.min && cfgScale <= cfgRange.max)) {
+    return `CFG scale must be a number from ${cfgRange.min} to ${cfgRange.max}, got ` +
+      `"${cfgInput.value}" (1 = no guidance, 4 = the model's default, about 1..10 is useful).`;
   }
   const sampler = samplerInput.value === "euler" ? "euler" : "heun";
   return { type: "generate", classes: [...picked], nPerClass, seed, steps, cfgScale, sampler };
@@ -288,18 +293,16 @@ function pipelineCode(r: Extract<Request, { type: "generate" }>): string {
 function gridImage(images: ImageReply[], nCols: number): RawImage {
   const tw = images[0].width;
   const th = images[0].height;
-  const rows = Math.ceil(images.length / nCols);
-  const width = PAD + nCols * (tw + PAD);
-  const height = PAD + rows * (th + PAD);
-  const data = new Uint8Array(width * height * 3).fill(255);
+  const g = gridLayout(images.length, { tileWidth: tw, tileHeight: th, cols: nCols, pad: PAD });
+  const data = new Uint8Array(g.width * g.height * 3).fill(255);
   images.forEach((im, i) => {
-    const x0 = PAD + (i % nCols) * (tw + PAD);
-    const y0 = PAD + Math.floor(i / nCols) * (th + PAD);
+    const x0 = PAD + (i % g.cols) * (tw + PAD);
+    const y0 = PAD + Math.floor(i / g.cols) * (th + PAD);
     for (let y = 0; y < th; y++) {
-      data.set(im.pixels.subarray(y * tw * 3, (y + 1) * tw * 3), ((y0 + y) * width + x0) * 3);
+      data.set(im.pixels.subarray(y * tw * 3, (y + 1) * tw * 3), ((y0 + y) * g.width + x0) * 3);
     }
   });
-  return { data, width, height, channels: 3 };
+  return { data, width: g.width, height: g.height, channels: 3 };
 }
 
 $<HTMLButtonElement>("download").onclick = async () => {

@@ -19,7 +19,7 @@ import { DiT } from "../lib/model/dit.ts";
 import { Taesd } from "../lib/autoencoders/taesd.ts";
 import { parseWeightsConfig } from "../lib/model/weights.ts";
 import { loadBackend } from "../lib/runtime/backend.ts";
-import type { SamplerName } from "../lib/model/flow.ts";
+import { CFG_SCALE_RANGE, type SamplerName } from "../lib/model/flow.ts";
 
 /** What the page asks. */
 export type Request =
@@ -55,6 +55,7 @@ export type Reply =
     detail: string;
     classes: string[];
     sampling: { steps: number; cfgScale: number; sampler: SamplerName };
+    cfgRange: { min: number; max: number };
   }
   | { type: "progress"; done: number; total: number; phase: "sample" | "decode" }
   | { type: "result"; images: ImageReply[]; seconds: number }
@@ -124,6 +125,7 @@ async function init(wanted?: "webgpu" | "wasm"): Promise<void> {
     detail,
     classes: [...classes.names],
     sampling: { ...config.sampling },
+    cfgRange: { ...CFG_SCALE_RANGE },
   });
 }
 

@@ -17,6 +17,7 @@
 
 import { bundleDemo, type DemoBundle, REPO_ROOT } from "./bundle.ts";
 import { AUTOENCODERS } from "../autoencoders/autoencoder.ts";
+import { env } from "../runtime/env.ts";
 
 /** Options of {@link demoHandler} and {@link serveDemo}. */
 export interface DemoOptions {
@@ -70,10 +71,7 @@ const TYPES: Record<string, string> = {
  * ```
  */
 export function defaultVaeDir(): string {
-  let shared: string | undefined;
-  try {
-    shared = Deno.env.get("ANTHOS_SHARED");
-  } catch { /* no env permission: use the default */ }
+  const shared = env.shared;
   return `${shared ?? `${REPO_ROOT}../shared`}/weights/taesd`.replace(/\/+/g, "/");
 }
 
@@ -100,7 +98,12 @@ export async function demoHandler(
 
   return async (req: Request): Promise<Response> => {
     const url = new URL(req.url);
-    const path = decodeURIComponent(url.pathname);
+    let path: string;
+    try {
+      path = decodeURIComponent(url.pathname);
+    } catch {
+      return text(400, `malformed URL path ${url.pathname}`);
+    }
     if (req.method !== "GET" && req.method !== "HEAD") {
       return text(405, `${req.method} is not supported: this server only serves files (GET)`);
     }
