@@ -5,7 +5,7 @@
  *   deno run -A .ci/layers.ts
  *
  * Layers, low -> high: runtime -> io -> model -> autoencoders -> data -> training -> pipeline ->
- * cli. A file may import its own folder and lower folders only. Also forbidden: model or
+ * cli -> web (the demo server). A file may import its own folder and lower folders only. Also forbidden: model or
  * autoencoders -> io/image.ts (sharp); any lib file -> tasks/, notebooks/, bench/, tests/;
  * `Deno.jupyter` anywhere in lib/. Circles count runtime edges (static and dynamic imports);
  * type-only imports vanish at runtime, but they must respect the layer order too.
@@ -28,6 +28,7 @@ export const LAYERS = [
   "training",
   "pipeline",
   "cli",
+  "web",
 ] as const;
 
 /** Files no model or autoencoder code may reach (they load sharp / libvips). */
