@@ -139,18 +139,21 @@ export function formatProfile(p: StepProfile, options: { top?: number } = {}): s
 }
 
 if (import.meta.main) {
-  const { parseArgs } = await import("node:util");
+  const { BACKEND_OPTION, parseCommandLine } = await import("../lib/cli/args.ts");
   const { loadBackend } = await import("../lib/runtime/backend.ts");
-  const { values } = parseArgs({
-    args: Deno.args,
-    options: {
-      batch: { type: "string", default: "32" },
-      backend: { type: "string", default: "wasm" },
-      steps: { type: "string", default: "1" },
-    },
-  });
-  const info = await loadBackend(values.backend as "wasm");
+  const { values } = parseCommandLine(
+    {
+      name: "deno run -A bench/profile.ts",
+      description: "Profiles one training step of DiT-Nano/2: time per kernel kind.",
+      options: {
+        batch: { type: "integer", default: 32, description: "batch size" },
+        backend: { ...BACKEND_OPTION, default: "wasm" },
+        steps: { type: "integer", default: 1, description: "timed steps" },
+      },
+    } as const,
+  );
+  const info = await loadBackend(values.backend);
   console.error(`backend: ${JSON.stringify(info)}`);
-  const p = await profileTrainStep(Number(values.batch), { steps: Number(values.steps) });
+  const p = await profileTrainStep(values.batch, { steps: values.steps });
   console.log(formatProfile(p));
 }

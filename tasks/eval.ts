@@ -10,7 +10,8 @@ import * as tf from "@tensorflow/tfjs-core";
 import { loadAutoencoder } from "../lib/autoencoders/load.ts";
 import type { AutoencoderKind } from "../lib/autoencoders/autoencoder.ts";
 import { type BackendName, loadBackend } from "../lib/runtime/backend.ts";
-import { BACKEND_OPTION, CliError, parseArgs, runMain, splitList } from "../lib/cli/args.ts";
+import { BACKEND_OPTION, CliError, parseCommandLine, runMain, splitList } from "../lib/cli/args.ts";
+import { AUTOENCODER_KINDS } from "../lib/autoencoders/autoencoder.ts";
 import { ClassNames, parseClassSelection } from "../lib/pipeline/classes.ts";
 import { DiT } from "../lib/model/dit.ts";
 import { readWeightsConfig } from "../lib/model/weights.ts";
@@ -69,7 +70,7 @@ const SPEC = {
     json: { type: "boolean", description: "print the result as one JSON line" },
     vae: {
       type: "string",
-      choices: ["taesd", "sd-vae-ft-ema"],
+      choices: AUTOENCODER_KINDS,
       description: "autoencoder of the grid [default: the model's latent space]",
     },
     "vae-dir": { type: "string", placeholder: "DIR", description: "local autoencoder files" },
@@ -104,7 +105,7 @@ interface Loaded {
 }
 
 async function main(): Promise<number> {
-  const { values: o, positionals } = parseArgs(SPEC);
+  const { values: o, positionals } = parseCommandLine(SPEC);
   if (!o.loss && !o.grid) {
     throw new CliError("nothing to do: --no-loss needs --grid FILE");
   }
