@@ -61,8 +61,16 @@ export class ShapeError extends Error {
  * @example
  * ```ts
  * import * as tf from "@tensorflow/tfjs-core";
- * import { checkImageBatch } from "./autoencoder.ts";
+ * import { checkImageBatch, ShapeError } from "./autoencoder.ts";
+ * import { loadBackend } from "../runtime/backend.ts";
+ * await loadBackend("cpu");
  * checkImageBatch(tf.zeros([2, 256, 256, 3]), { size: 256 }); // ok
+ * try {
+ *   checkImageBatch(tf.zeros([2, 3, 256, 256]), { size: 256 });
+ *   throw new Error("should have thrown");
+ * } catch (e) {
+ *   if (!(e instanceof ShapeError) || !e.message.includes("NCHW")) throw e;
+ * }
  * ```
  */
 export function checkImageBatch(images: tf.Tensor, options: { size?: number } = {}): void {
@@ -92,8 +100,18 @@ export function checkImageBatch(images: tf.Tensor, options: { size?: number } = 
  * @example
  * ```ts
  * import * as tf from "@tensorflow/tfjs-core";
- * import { checkLatentBatch } from "./autoencoder.ts";
+ * import { checkLatentBatch, ShapeError } from "./autoencoder.ts";
+ * import { loadBackend } from "../runtime/backend.ts";
+ * await loadBackend("cpu");
  * checkLatentBatch(tf.zeros([2, 32, 32, 4]), 4); // ok
+ * const bad = (() => {
+ *   try {
+ *     checkLatentBatch(tf.zeros([2, 32, 32, 3]), 4);
+ *   } catch (e) {
+ *     return e;
+ *   }
+ * })();
+ * if (!(bad instanceof ShapeError)) throw new Error(`expected a ShapeError, got ${bad}`);
  * ```
  */
 export function checkLatentBatch(latents: tf.Tensor, channels: number): void {

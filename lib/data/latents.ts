@@ -27,9 +27,15 @@ export interface LatentDataset {
  *
  * @example
  * ```ts
- * import { loadLatents } from "./latents.ts";
- * const data = await loadLatents("runs/latents-taesd.safetensors");
- * data.latents.shape; // [L, 32, 32, 4]
+ * import { loadLatents, saveLatents } from "./latents.ts";
+ * import { loadBackend } from "../runtime/backend.ts";
+ * await loadBackend("cpu");
+ * const path = `${await Deno.makeTempDir()}/latents.safetensors`;
+ * const shape: [number, number, number, number] = [2, 32, 32, 4];
+ * await saveLatents(path, { latents: new Float32Array(2 * 32 * 32 * 4), labels: Int32Array.of(73, 53), shape });
+ * const data = await loadLatents(path);
+ * if (data.latents.shape.join() !== "2,32,32,4" || data.labels[1] !== 53) throw new Error("round trip");
+ * data.latents.dispose();
  * ```
  */
 export async function loadLatents(

@@ -75,11 +75,16 @@ function checkHome(dir: string, what: string, fix: string): string {
  *
  * @example
  * ```ts
- * import { anthosHome, downloadFile } from "./download.ts";
- * const dest = `${anthosHome()}/oxford102/imagelabels.mat`;
+ * import { downloadFile } from "./download.ts";
+ * // A stand-in server (options.fetch); without it, the global fetch downloads the real file.
+ * const fetch = () => Promise.resolve(new Response("labels", { headers: { "content-length": "6" } }));
+ * const dest = `${await Deno.makeTempDir()}/oxford102/imagelabels.mat`;
  * await downloadFile("https://www.robots.ox.ac.uk/~vgg/data/flowers/102/imagelabels.mat", dest, {
  *   manualHint: `download imagelabels.mat by hand and place it at ${dest}`,
+ *   size: 6,
+ *   fetch,
  * });
+ * if ((await Deno.readTextFile(dest)) !== "labels") throw new Error("downloaded");
  * ```
  */
 export async function downloadFile(

@@ -111,8 +111,11 @@ const FLAG_COMPLEX = 0x08;
  * @example
  * ```ts
  * import { readMat } from "./matlab.ts";
- * const vars = readMat(await Deno.readFile("imagelabels.mat"));
- * const labels = vars.get("labels")!; // dims [1, 8189], data Float64Array of 1-based classes
+ * // The shared reference folder beside the project holds the official file.
+ * const file = new URL("../../../shared/data/oxford102/imagelabels.mat", import.meta.url);
+ * const vars = readMat(await Deno.readFile(file));
+ * const labels = vars.get("labels")!; // 1-based classes, one per photo
+ * if (labels.dims.join() !== "1,8189" || labels.data[0] !== 77) throw new Error(`${labels.dims}`);
  * ```
  */
 export function readMat(bytes: Uint8Array, options: ReadMatOptions = {}): Map<string, MatArray> {
@@ -170,8 +173,11 @@ export function readMat(bytes: Uint8Array, options: ReadMatOptions = {}): Map<st
  * @example
  * ```ts
  * import { loadMat } from "./matlab.ts";
- * const setid = await loadMat("setid.mat");
- * const train = setid.get("trnid")!.data; // 1,020 one-based image ids
+ * import { fileURLToPath } from "node:url";
+ * const path = fileURLToPath(new URL("../../../shared/data/oxford102/setid.mat", import.meta.url));
+ * const setid = await loadMat(path);
+ * const train = setid.get("trnid")!.data; // one-based image ids
+ * if (train.length !== 1020) throw new Error(`expected 1,020 training photos, got ${train.length}`);
  * ```
  */
 export async function loadMat(

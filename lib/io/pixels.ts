@@ -47,7 +47,10 @@ export class ImageError extends Error {
  * ```ts
  * import * as tf from "@tensorflow/tfjs-core";
  * import { tensorToRaw } from "./pixels.ts";
- * const raw = await tensorToRaw(tf.ones([4, 4, 3])); // 48 bytes of 255
+ * import { loadBackend } from "../runtime/backend.ts";
+ * await loadBackend("cpu");
+ * const raw = await tensorToRaw(tf.ones([4, 4, 3]));
+ * if (raw.data.length !== 48 || raw.data.some((v) => v !== 255)) throw new Error("48 x 255");
  * ```
  */
 export async function tensorToRaw(image: tf.Tensor): Promise<RawImage> {

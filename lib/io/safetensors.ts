@@ -190,8 +190,13 @@ export function parseSafetensors(
  * ```ts
  * import { checkFinite, parseSafetensors, serializeSafetensors } from "./safetensors.ts";
  * const bytes = serializeSafetensors({ w: { dtype: "F32", shape: [2], data: [1, NaN] } });
- * checkFinite(parseSafetensors(bytes).tensors, { source: "w.safetensors" });
- * // throws: w.safetensors holds non-finite values: tensor "w" has 1 NaN/Inf (first: NaN at index 1) ...
+ * try {
+ *   checkFinite(parseSafetensors(bytes).tensors, { source: "w.safetensors" });
+ *   throw new Error("should have thrown");
+ * } catch (e) {
+ *   const want = 'w.safetensors holds non-finite values: tensor "w" has 1 NaN/Inf (first: NaN at index 1)';
+ *   if (!(e as Error).message.includes(want)) throw e;
+ * }
  * ```
  */
 export function checkFinite(
@@ -439,8 +444,13 @@ export function serializeSafetensors(
  *
  * @example
  * ```ts
- * import { readSafetensors } from "./safetensors.ts";
- * const { tensors, metadata } = await readSafetensors("weights/model.safetensors");
+ * import { readSafetensors, writeSafetensors } from "./safetensors.ts";
+ * const path = `${await Deno.makeTempDir()}/x.safetensors`;
+ * await writeSafetensors(path, { w: { dtype: "F32", shape: [2], data: [1, 2] } }, { metadata: { a: "b" } });
+ * const { tensors, metadata } = await readSafetensors(path);
+ * if (tensors.get("w")!.data[1] !== 2 || metadata.a !== "b") throw new Error("round trip");
+ * const missing = await readSafetensors(`${path}.nope`).then(() => null, (e) => e);
+ * if (!(missing instanceof Deno.errors.NotFound)) throw new Error(`expected NotFound, got ${missing}`);
  * ```
  */
 export async function readSafetensors(
