@@ -92,7 +92,7 @@ export const DEFAULT_CONFIG: Readonly<DiTConfig> = PRESETS["DiT-Nano/2"];
  * @example
  * ```ts
  * import { nullClassId } from "./dit.ts";
- * nullClassId(); // 102
+ * if (nullClassId() !== 102) throw new Error("the 102 flowers are 0..101; 102 is the null class");
  * ```
  */
 export function nullClassId(config: DiTConfig = DEFAULT_CONFIG): number {
@@ -173,8 +173,12 @@ export interface NamedParam {
  * @example
  * ```ts
  * import { DiT, namedParams } from "./dit.ts";
+ * import { loadBackend } from "../runtime/backend.ts";
+ * await loadBackend("cpu");
  * const model = DiT.create();
- * namedParams(model.params, model.config)[0].key; // "pos_embed"
+ * const first = namedParams(model.params, model.config)[0].key;
+ * if (first !== "pos_embed") throw new Error(first);
+ * model.dispose();
  * ```
  */
 export function namedParams(params: DiTParams, config: DiTConfig): NamedParam[] {
@@ -285,7 +289,8 @@ function buildParams(c: DiTConfig, init: Initializer): DiTParams {
  * @example
  * ```ts
  * import { sincos2d } from "./dit.ts";
- * const table = sincos2d(96, 16); // Float32Array of 256 x 96
+ * const table = sincos2d(96, 16); // 256 positions x 96 dims
+ * if (table.length !== 256 * 96) throw new Error(String(table.length));
  * ```
  */
 export function sincos2d(dim: number, grid: number): Float32Array {
@@ -323,7 +328,10 @@ function timestepFreqs(dim: number): Float32Array {
  * ```ts
  * import * as tf from "@tensorflow/tfjs-core";
  * import { timestepEmbedding } from "./dit.ts";
- * const e = timestepEmbedding(tf.tensor1d([0, 500, 1000])); // [3, 256]
+ * import { loadBackend } from "../runtime/backend.ts";
+ * await loadBackend("cpu");
+ * const e = timestepEmbedding(tf.tensor1d([0, 500, 1000]));
+ * if (e.shape.join() !== "3,256") throw new Error(String(e.shape));
  * ```
  */
 export function timestepEmbedding(t: tf.Tensor1D, dim = 256): tf.Tensor2D {
@@ -439,7 +447,10 @@ function finalLayer(x: tf.Tensor, c: tf.Tensor, p: DiTParams["finalLayer"]): tf.
  * ```ts
  * import * as tf from "@tensorflow/tfjs-core";
  * import { patchify } from "./dit.ts";
- * const tokens = patchify(tf.zeros([2, 32, 32, 4]), 2); // [2, 256, 16]
+ * import { loadBackend } from "../runtime/backend.ts";
+ * await loadBackend("cpu");
+ * const tokens = patchify(tf.zeros([2, 32, 32, 4]), 2);
+ * if (tokens.shape.join() !== "2,256,16") throw new Error(String(tokens.shape));
  * ```
  */
 export function patchify(x: tf.Tensor4D, p: number): tf.Tensor3D {
@@ -456,8 +467,13 @@ export function patchify(x: tf.Tensor4D, p: number): tf.Tensor3D {
  * @example
  * ```ts
  * import * as tf from "@tensorflow/tfjs-core";
- * import { unpatchify } from "./dit.ts";
- * const x = unpatchify(tf.zeros([2, 256, 16]), 2, 4); // [2, 32, 32, 4]
+ * import { patchify, unpatchify } from "./dit.ts";
+ * import { loadBackend } from "../runtime/backend.ts";
+ * await loadBackend("cpu");
+ * const x = tf.randomNormal([2, 32, 32, 4]) as tf.Tensor4D;
+ * const back = unpatchify(patchify(x, 2), 2, 4); // the exact inverse
+ * if (back.shape.join() !== "2,32,32,4") throw new Error(String(back.shape));
+ * if (tf.max(tf.abs(tf.sub(back, x))).dataSync()[0] !== 0) throw new Error("not the inverse");
  * ```
  */
 export function unpatchify(x: tf.Tensor, p: number, ch: number): tf.Tensor4D {
@@ -477,8 +493,12 @@ export function unpatchify(x: tf.Tensor, p: number, ch: number): tf.Tensor4D {
  * ```ts
  * import * as tf from "@tensorflow/tfjs-core";
  * import { DiT, ditForward } from "./dit.ts";
+ * import { loadBackend } from "../runtime/backend.ts";
+ * await loadBackend("cpu");
  * const model = DiT.create();
- * const v = ditForward(model.params, model.config, tf.zeros([1, 32, 32, 4]), tf.tensor1d([0.5]), tf.tensor1d([3], "int32"));
+ * const x = tf.zeros([1, 32, 32, 4]) as tf.Tensor4D;
+ * const v = ditForward(model.params, model.config, x, tf.tensor1d([0.5]), tf.tensor1d([3], "int32"));
+ * if (v.shape.join() !== "1,32,32,4") throw new Error(String(v.shape));
  * ```
  */
 export function ditForward(
@@ -517,11 +537,17 @@ export type ClassIds = tf.Tensor1D | Int32Array | readonly number[];
  * ```ts
  * import * as tf from "@tensorflow/tfjs-core";
  * import { DiT } from "./dit.ts";
+ * import { loadBackend } from "../runtime/backend.ts";
+ * await loadBackend("cpu");
  * const model = DiT.create(); // adaLN-Zero init: outputs exactly zero
- * model.paramCount(); // 983808
- * const v = model.forward(tf.randomNormal([2, 32, 32, 4]), tf.tensor1d([0.1, 0.9]), tf.tensor1d([0, 102], "int32"));
- * await model.save("/tmp/model.safetensors");
- * const again = await DiT.load("/tmp/model.safetensors");
+ * if (model.paramCount() !== 983808) throw new Error(String(model.paramCount()));
+ * const x = tf.randomNormal([2, 32, 32, 4]) as tf.Tensor4D;
+ * const v = model.forward(x, tf.tensor1d([0.1, 0.9]), tf.tensor1d([0, 102], "int32"));
+ * if (tf.max(tf.abs(v)).dataSync()[0] !== 0) throw new Error("adaLN-Zero starts at zero");
+ * const path = `${await Deno.makeTempDir()}/model.safetensors`;
+ * await model.save(path);
+ * const again = await DiT.load(path);
+ * if (again.paramCount() !== model.paramCount()) throw new Error("round trip");
  * ```
  */
 export class DiT {
@@ -773,7 +799,8 @@ function forEachLayoutPair(
  * ```ts
  * import { fromTorchLayout } from "./dit.ts";
  * // A PyTorch Linear weight [out=2, in=3] becomes our [in=3, out=2].
- * fromTorchLayout(new Float32Array([1, 2, 3, 4, 5, 6]), [3, 2], [2, 3], "linear"); // [1, 4, 2, 5, 3, 6]
+ * const ours = fromTorchLayout(new Float32Array([1, 2, 3, 4, 5, 6]), [3, 2], [2, 3], "linear");
+ * if (ours.join() !== "1,4,2,5,3,6") throw new Error(ours.join());
  * ```
  */
 export function fromTorchLayout(
@@ -794,7 +821,8 @@ export function fromTorchLayout(
  * @example
  * ```ts
  * import { toTorchLayout } from "./dit.ts";
- * toTorchLayout(new Float32Array([1, 4, 2, 5, 3, 6]), [3, 2], [2, 3], "linear"); // [1, 2, 3, 4, 5, 6]
+ * const torch = toTorchLayout(new Float32Array([1, 4, 2, 5, 3, 6]), [3, 2], [2, 3], "linear");
+ * if (torch.join() !== "1,2,3,4,5,6") throw new Error(torch.join());
  * ```
  */
 export function toTorchLayout(

@@ -33,7 +33,11 @@ export interface FlowBatch {
  * import * as tf from "@tensorflow/tfjs-core";
  * import { flowBatch } from "./flow.ts";
  * import { Rng } from "../runtime/rng.ts";
- * const batch = flowBatch(tf.zeros([2, 32, 32, 4]), { y: [3, 5], rng: new Rng(0) });
+ * import { loadBackend } from "../runtime/backend.ts";
+ * await loadBackend("cpu");
+ * const batch = flowBatch(tf.zeros([2, 32, 32, 4]), { y: [3, 5], rng: new Rng(0), classDropout: 0 });
+ * if (batch.y.dataSync().join() !== "3,5") throw new Error("no dropout: the labels as given");
+ * if (batch.xt.shape.join() !== "2,32,32,4") throw new Error(String(batch.xt.shape));
  * ```
  */
 export function flowBatch(
@@ -66,7 +70,11 @@ export function flowBatch(
  * ```ts
  * import * as tf from "@tensorflow/tfjs-core";
  * import { flowTargets } from "./flow.ts";
+ * import { loadBackend } from "../runtime/backend.ts";
+ * await loadBackend("cpu");
  * const { xt, v } = flowTargets(tf.ones([1, 2, 2, 4]), tf.zeros([1, 2, 2, 4]), tf.tensor1d([0.25]));
+ * // x_t = t * data + (1 - t) * noise; v = data - noise
+ * if (xt.dataSync()[0] !== 0.25 || v.dataSync()[0] !== 1) throw new Error("rectified flow");
  * ```
  */
 export function flowTargets(
@@ -89,8 +97,12 @@ export function flowTargets(
  * import * as tf from "@tensorflow/tfjs-core";
  * import { disposeBatch, flowBatch } from "./flow.ts";
  * import { Rng } from "../runtime/rng.ts";
+ * import { loadBackend } from "../runtime/backend.ts";
+ * await loadBackend("cpu");
+ * const before = tf.memory().numTensors;
  * const batch = flowBatch(tf.zeros([2, 32, 32, 4]), { y: [1, 2], rng: new Rng(0) });
  * disposeBatch(batch);
+ * if (tf.memory().numTensors !== before + 1) throw new Error("only the input zeros remain");
  * ```
  */
 export function disposeBatch(b: FlowBatch): void {
@@ -106,9 +118,12 @@ export function disposeBatch(b: FlowBatch): void {
  * import { flowBatch, flowLoss } from "./flow.ts";
  * import { Rng } from "../runtime/rng.ts";
  * import * as tf from "@tensorflow/tfjs-core";
+ * import { loadBackend } from "../runtime/backend.ts";
+ * await loadBackend("cpu");
  * const model = DiT.create();
- * const batch = flowBatch(tf.randomNormal([2, 32, 32, 4]), { y: [1, 2], rng: new Rng(1) });
- * const loss = flowLoss(model, batch); // scalar
+ * const data = tf.randomNormal([2, 32, 32, 4]) as tf.Tensor4D;
+ * const loss = flowLoss(model, flowBatch(data, { y: [1, 2], rng: new Rng(1) }));
+ * if (loss.rank !== 0 || !(loss.dataSync()[0] > 0)) throw new Error("a positive scalar");
  * ```
  */
 export function flowLoss(model: DiT, batch: FlowBatch): tf.Scalar {
@@ -159,8 +174,13 @@ export const CFG_SCALE_RANGE: Readonly<{ min: number; max: number }> = Object.fr
  * @example
  * ```ts
  * import { checkCfgScale } from "./flow.ts";
- * checkCfgScale(4, "--cfg-scale"); // 4
- * checkCfgScale(1e40, "--cfg-scale"); // throws RangeError: --cfg-scale must be a number from 0 to 50 ...
+ * if (checkCfgScale(4, "--cfg-scale") !== 4) throw new Error("4 is the default scale");
+ * try {
+ *   checkCfgScale(1e40, "--cfg-scale");
+ *   throw new Error("should have thrown");
+ * } catch (e) {
+ *   if (!(e instanceof RangeError) || !e.message.includes("from 0 to 50")) throw e;
+ * }
  * ```
  */
 export function checkCfgScale(scale: number, what = "cfgScale"): number {
@@ -185,9 +205,12 @@ export function checkCfgScale(scale: number, what = "cfgScale"): number {
  * ```ts
  * import { DiT } from "./dit.ts";
  * import { randomNoise, sample } from "./flow.ts";
- * const model = DiT.create();
+ * import { loadBackend } from "../runtime/backend.ts";
+ * await loadBackend("cpu");
+ * const model = DiT.create(); // untrained: shapes only (Heun 50 is the real setting)
  * const noise = randomNoise(2, { seed: 0 });
- * const z = await sample(model, noise, [3, 101], { steps: 50, cfgScale: 4.0, sampler: "heun" });
+ * const z = await sample(model, noise, [3, 101], { steps: 1, cfgScale: 4.0, sampler: "euler" });
+ * if (z.shape.join() !== "2,32,32,4") throw new Error(String(z.shape));
  * ```
  */
 export async function sample(
@@ -280,7 +303,10 @@ async function nonFiniteCause(model: DiT, cfgScale: number): Promise<string> {
  * @example
  * ```ts
  * import { randomNoise } from "./flow.ts";
- * const noise = randomNoise(4, { seed: 42 }); // [4, 32, 32, 4]
+ * import { loadBackend } from "../runtime/backend.ts";
+ * await loadBackend("cpu");
+ * const noise = randomNoise(4, { seed: 42 });
+ * if (noise.shape.join() !== "4,32,32,4") throw new Error(String(noise.shape));
  * ```
  */
 export function randomNoise(

@@ -31,7 +31,8 @@ export interface WeightsConfig {
  * @example
  * ```ts
  * import { defaultWeightsConfig } from "./weights.ts";
- * defaultWeightsConfig().sampling; // { steps: 50, cfgScale: 4, sampler: "heun" }
+ * const { steps, cfgScale, sampler } = defaultWeightsConfig().sampling;
+ * if (`${steps} ${cfgScale} ${sampler}` !== "50 4 heun") throw new Error("Heun 50, CFG 4.0");
  * ```
  */
 export function defaultWeightsConfig(): WeightsConfig {
@@ -48,9 +49,11 @@ export function defaultWeightsConfig(): WeightsConfig {
  *
  * @example
  * ```ts
- * import { readWeightsConfig } from "./weights.ts";
- * const cfg = await readWeightsConfig("weights/config.json");
- * cfg.sampling.steps; // 50
+ * import { defaultWeightsConfig, readWeightsConfig, writeWeightsConfig } from "./weights.ts";
+ * const path = `${await Deno.makeTempDir()}/config.json`;
+ * await writeWeightsConfig(path, defaultWeightsConfig());
+ * const cfg = await readWeightsConfig(path);
+ * if (cfg.sampling.steps !== 50 || cfg.model.numClasses !== 102) throw new Error("round trip");
  * ```
  */
 export async function readWeightsConfig(path: string): Promise<WeightsConfig> {
@@ -81,7 +84,7 @@ export async function readWeightsConfig(path: string): Promise<WeightsConfig> {
  * ```ts
  * import { parseWeightsConfig } from "./weights.ts";
  * const cfg = parseWeightsConfig('{"format": "anthos", "vae": {"name": "taesd"}}');
- * cfg.vae.name; // "taesd"
+ * if (cfg.vae.name !== "taesd" || cfg.sampling.steps !== 50) throw new Error("defaults fill in");
  * ```
  */
 export function parseWeightsConfig(
@@ -240,7 +243,9 @@ function checkWeightsConfig(raw: unknown, d: WeightsConfig): string[] {
  * @example
  * ```ts
  * import { defaultWeightsConfig, writeWeightsConfig } from "./weights.ts";
- * await writeWeightsConfig("/tmp/config.json", defaultWeightsConfig());
+ * const path = `${await Deno.makeTempDir()}/config.json`;
+ * await writeWeightsConfig(path, defaultWeightsConfig());
+ * if (JSON.parse(await Deno.readTextFile(path)).format !== "anthos") throw new Error("written");
  * ```
  */
 export async function writeWeightsConfig(path: string, config: WeightsConfig): Promise<void> {

@@ -16,7 +16,7 @@ import { editDistance as textEditDistance } from "../runtime/text.ts";
  * @example
  * ```ts
  * import { normalizeClassName } from "./classes.ts";
- * normalizeClassName("  Sweet-Pea "); // "sweet pea"
+ * if (JSON.stringify(normalizeClassName("  Sweet-Pea ")) !== JSON.stringify("sweet pea")) throw new Error("expected 'sweet pea'");
  * ```
  */
 export function normalizeClassName(name: string): string {
@@ -30,8 +30,8 @@ export function normalizeClassName(name: string): string {
  * ```ts
  * import { ClassNames } from "./classes.ts";
  * const names = await ClassNames.load("weights/classes.txt");
- * names.id("Sweet-Pea"); // 3
- * names.name(73); // "rose"
+ * if (JSON.stringify(names.id("Sweet-Pea")) !== JSON.stringify(3)) throw new Error("expected 3");
+ * if (JSON.stringify(names.name(73)) !== JSON.stringify("rose")) throw new Error("expected 'rose'");
  * ```
  */
 export class ClassNames {
@@ -48,7 +48,7 @@ export class ClassNames {
    * ```ts
    * import { ClassNames } from "./classes.ts";
    * const names = new ClassNames(["pink primrose", "hard-leaved pocket orchid"]);
-   * names.id("Hard Leaved Pocket Orchid"); // 1
+   * if (JSON.stringify(names.id("Hard Leaved Pocket Orchid")) !== JSON.stringify(1)) throw new Error("expected 1");
    * ```
    */
   constructor(names: readonly string[], options: { source?: string } = {}) {
@@ -77,7 +77,7 @@ export class ClassNames {
    * ```ts
    * import { ClassNames } from "./classes.ts";
    * const names = ClassNames.parse("0\tpink primrose\n1\thard-leaved pocket orchid\n");
-   * names.name(1); // "hard-leaved pocket orchid"
+   * if (JSON.stringify(names.name(1)) !== JSON.stringify("hard-leaved pocket orchid")) throw new Error("expected 'hard-leaved pocket orchid'");
    * ```
    */
   static parse(text: string, options: { source?: string } = {}): ClassNames {
@@ -117,7 +117,7 @@ export class ClassNames {
    * ```ts
    * import { ClassNames } from "./classes.ts";
    * const names = await ClassNames.load("weights/classes.txt");
-   * names.id("Sunflower"); // 53
+   * if (JSON.stringify(names.id("Sunflower")) !== JSON.stringify(53)) throw new Error("expected 53");
    * ```
    */
   static async load(path: string): Promise<ClassNames> {
@@ -146,7 +146,7 @@ export class ClassNames {
    * ```ts
    * import { ClassNames } from "./classes.ts";
    * const names = await ClassNames.load("weights/classes.txt");
-   * names.name(73); // "rose"
+   * if (JSON.stringify(names.name(73)) !== JSON.stringify("rose")) throw new Error("expected 'rose'");
    * ```
    */
   name(id: number): string {
@@ -161,8 +161,8 @@ export class ClassNames {
    * ```ts
    * import { ClassNames } from "./classes.ts";
    * const names = await ClassNames.load("weights/classes.txt");
-   * names.id("Sweet-Pea"); // 3
-   * names.id(" 73 "); // 73
+   * if (JSON.stringify(names.id("Sweet-Pea")) !== JSON.stringify(3)) throw new Error("expected 3");
+   * if (JSON.stringify(names.id(" 73 ")) !== JSON.stringify(73)) throw new Error("expected 73");
    * ```
    */
   id(nameOrId: string | number): number {
@@ -185,7 +185,7 @@ export class ClassNames {
    * ```ts
    * import { ClassNames } from "./classes.ts";
    * const names = await ClassNames.load("weights/classes.txt");
-   * names.closest("sunflowr", 1); // [53]
+   * if (JSON.stringify(names.closest("sunflowr", 1)) !== JSON.stringify([53])) throw new Error("expected [53]");
    * ```
    */
   closest(text: string, k = 3): number[] {
@@ -216,8 +216,8 @@ export class ClassNames {
  * ```ts
  * import { ClassNames, parseClassSelection } from "./classes.ts";
  * const names = await ClassNames.load("weights/classes.txt");
- * parseClassSelection("rose,sunflower,daffodil", names); // [73, 53, 41]
- * parseClassSelection("all", names).length; // 102
+ * if (JSON.stringify(parseClassSelection("rose,sunflower,daffodil", names)) !== JSON.stringify([73, 53, 41])) throw new Error("expected [73, 53, 41]");
+ * if (JSON.stringify(parseClassSelection("all", names).length) !== JSON.stringify(102)) throw new Error("expected 102");
  * ```
  */
 export function parseClassSelection(
