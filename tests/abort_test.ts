@@ -15,7 +15,7 @@ while (!stop.signal.aborted && Date.now() - t0 < 20_000) {
   await new Promise((r) => setTimeout(r, 20));
 }
 if (Deno.args[0] === "hang") await new Promise((r) => setTimeout(r, 20_000));
-console.log(stop.signal.aborted ? "saved: " + stop.signal.reason.message : "timed out");
+console.log(stop.signal.aborted ? "saved: " + stop.signal.reason.message + " code " + stop.exitCode + " by " + stop.stoppedBy : "timed out");
 stop.dispose();
 Deno.exit(stop.signal.aborted ? 3 : 1);
 `;
@@ -62,13 +62,16 @@ Deno.test({
     const term = await run(["SIGTERM"]);
     assertEquals(term.code, 3, term.stdout); // the graceful path's own exit code
     assert(term.stdout.includes("stopping on SIGTERM"), term.stdout);
-    assert(term.stdout.includes("saved: stopped by SIGTERM"), term.stdout);
+    assert(term.stdout.includes("saved: stopped by SIGTERM code 143 by SIGTERM"), term.stdout);
     const int = await run(["SIGINT"]);
     assertEquals(int.code, 3, int.stdout);
-    assert(int.stdout.includes("saved: stopped by SIGINT"), int.stdout);
-    // The work ignores the stop for a while: the second signal ends the process (exit 130).
+    assert(int.stdout.includes("saved: stopped by SIGINT code 130 by SIGINT"), int.stdout);
+    // The work ignores the stop for a while: the second signal ends the process (128 + signal).
     const twice = await run(["SIGTERM", "SIGTERM"], "hang");
-    assertEquals(twice.code, 130, twice.stdout);
+    assertEquals(twice.code, 143, twice.stdout);
     assert(!twice.stdout.includes("saved"), twice.stdout);
+    const twiceInt = await run(["SIGINT", "SIGINT"], "hang");
+    assertEquals(twiceInt.code, 130, twiceInt.stdout);
+    assert(!twiceInt.stdout.includes("saved"), twiceInt.stdout);
   },
 });

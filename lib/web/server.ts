@@ -18,6 +18,7 @@
 import { bundleDemo, type DemoBundle, REPO_ROOT } from "./bundle.ts";
 import { AUTOENCODERS } from "../autoencoders/autoencoder.ts";
 import { env } from "../runtime/env.ts";
+import { isFile } from "../io/fs.ts";
 
 /** Options of {@link demoHandler} and {@link serveDemo}. */
 export interface DemoOptions {
@@ -252,13 +253,4 @@ async function contentTag(data: Uint8Array): Promise<string> {
     await crypto.subtle.digest("SHA-256", data as Uint8Array<ArrayBuffer>),
   );
   return `"${Array.from(hash.subarray(0, 12), (b) => b.toString(16).padStart(2, "0")).join("")}"`;
-}
-
-async function isFile(path: string): Promise<boolean> {
-  try {
-    return (await Deno.stat(path)).isFile;
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) return false;
-    throw e;
-  }
 }
