@@ -15,7 +15,7 @@ import * as tf from "@tensorflow/tfjs-core";
 import { DiT, type DiTConfig, nullClassId, PRESETS } from "../model/dit.ts";
 import { disposeBatch, type FlowBatch, flowBatch, flowLoss } from "../model/flow.ts";
 import type { LatentDataset } from "../data/latents.ts";
-import { checkSeed, Rng } from "../runtime/rng.ts";
+import { checkSeed, deriveSeed, Rng } from "../runtime/rng.ts";
 import {
   type DataOrder,
   readCheckpoint,
@@ -254,7 +254,7 @@ export class Trainer {
     const b = this.config.batchSize;
     const start = this.dataOrder.startStep;
     // Phase 0 keeps the original stream; a later phase gets its own (new data, new order).
-    const seed = start === 0 ? this.config.seed : mixSeed(this.config.seed, 0xda7a, start);
+    const seed = start === 0 ? this.config.seed : deriveSeed(this.config.seed, 0xda7a, start);
     const out = new Int32Array(b);
     let perm: Int32Array | null = null;
     let permEpoch = -1;
@@ -262,7 +262,7 @@ export class Trainer {
       const g = (step - start) * b + i;
       const epoch = Math.floor(g / datasetSize);
       if (epoch !== permEpoch) {
-        perm = new Rng(mixSeed(seed, 0x5eed, epoch)).permutation(datasetSize);
+        perm = new Rng(deriveSeed(seed, 0x5eed, epoch)).permutation(datasetSize);
         permEpoch = epoch;
       }
       out[i] = perm![g % datasetSize];
@@ -286,7 +286,7 @@ export class Trainer {
       );
     }
     const idx = this.batchIndices(this.step, n);
-    const rng = new Rng(mixSeed(c.seed, 0x7a11, this.step));
+    const rng = new Rng(deriveSeed(c.seed, 0x7a11, this.step));
     const labels = Int32Array.from(idx, (i) => data.labels[i]);
     const clean = tf.tidy(() => tf.gather(data.latents, tf.tensor1d(idx, "int32"))); // [B, H, W, C]
     const batch = flowBatch(clean, {
@@ -541,13 +541,4 @@ function validate(c: TrainConfig): void {
     throw new Error(`emaDecay must be in [0, 1), got ${c.emaDecay}`);
   }
   checkSeed(c.seed, "seed");
-}
-
-/** Mixes a seed, a stream tag and a counter into one 32-bit seed (distinct streams per step). */
-function mixSeed(seed: number, stream: number, counter: number): number {
-  let h = (Math.trunc(seed) ^ Math.imul(stream, 0x9e3779b1)) >>> 0;
-  h = Math.imul(h ^ (h >>> 16), 0x85ebca6b) >>> 0;
-  h = (h ^ Math.imul(counter + 1, 0xc2b2ae35)) >>> 0;
-  h = Math.imul(h ^ (h >>> 13), 0x27d4eb2f) >>> 0;
-  return (h ^ (h >>> 16)) >>> 0;
 }
