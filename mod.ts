@@ -105,6 +105,9 @@ export {
   type EncodeResult,
 } from "./lib/data/encode.ts";
 export { exportCheckpoint, type ExportOptions, type ExportResult } from "./lib/training/export.ts";
+export * from "./lib/training/checkpoint.ts";
+export * from "./lib/training/data.ts";
+export * from "./lib/training/run.ts";
 export {
   type Autoencoder,
   AUTOENCODER_KINDS,

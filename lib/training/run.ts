@@ -161,9 +161,7 @@ export class RunFolder {
   /** Sample grids. */
   readonly samples: string;
 
-  /**
-   * @param dir the run folder
-   */
+  /** The file names of the run folder `dir` (nothing is read or made). */
   constructor(dir: string) {
     this.dir = dir.replace(/\/+$/, "") || ".";
     this.checkpoint = `${this.dir}/checkpoint.safetensors`;
@@ -310,14 +308,12 @@ export async function readLedger(path: string): Promise<LedgerEntry[]> {
 
 /** A setting given to a resumed run that differs from the run's own. */
 export class RunChangedError extends Error {
+  /** The error's name. */
   override name = "RunChangedError";
   /** The settings that differ (keys of {@link OpenRunOptions}' `fixed`). */
   readonly keys: string[];
 
-  /**
-   * @param keys the changed settings
-   * @param dir the run folder
-   */
+  /** An error naming the changed settings `keys` of the run in `dir`. */
   constructor(keys: string[], dir: string) {
     super(
       `a resumed run continues exactly as it was configured; ${keys.join(", ")} cannot change ` +
