@@ -57,24 +57,25 @@ const backends = values.backends
   ? splitList(values.backends) as BackendName[]
   : (await availableBackends()).filter((b) => b === "wasm" || b === "webgpu");
 
+// The PyTorch anchor runs right before our measurement at the same batch size (interleaved, so
+// both see the same machine load), once per batch size.
 const torch = new Map<number, TorchBenchRow>();
-if (!values.noTorch) {
-  for (const b of batches) {
-    console.error(`PyTorch CPU anchor, batch ${b} ...`);
-    const row = await runTorchAnchor(`${shared}/bench/bench_torch_cpu.py`, {
-      batch: b,
-      threads: 2,
-    });
-    console.error("  " + row.raw.replaceAll("\n", "\n  "));
-    torch.set(b, row);
-  }
+async function anchor(b: number): Promise<TorchBenchRow | undefined> {
+  if (values.noTorch || torch.has(b)) return torch.get(b);
+  console.error(`PyTorch CPU anchor, batch ${b} (load ${load()}) ...`);
+  const row = await runTorchAnchor(`${shared}/bench/bench_torch_cpu.py`, { batch: b, threads: 2 });
+  console.error("  " + row.raw.replaceAll("\n", "\n  "));
+  torch.set(b, row);
+  return row;
 }
+/** The 1-minute load average, recorded with each row (these machines are shared). */
+const load = () => Deno.loadavg()[0].toFixed(1);
 
 const lines: string[] = [];
 const counters: string[] = [];
 const fmt = (x: number, d = 2) => x.toFixed(d);
-lines.push("| backend | what | batch | ours | PyTorch CPU | ours / PyTorch |");
-lines.push("| --- | --- | --- | --- | --- | --- |");
+lines.push("| backend | what | batch | ours | PyTorch CPU | ours / PyTorch | load |");
+lines.push("| --- | --- | --- | --- | --- | --- | --- |");
 for (const name of backends) {
   const info = await loadBackend(name);
   const label = name === "wasm"
@@ -87,8 +88,8 @@ for (const name of backends) {
   for (const b of batches) {
     console.error(`${label}: training, batch ${b} ...`);
     const mb = name === "wasm" ? Math.min(micro, b) : b;
+    const t = await anchor(b);
     const r = await benchTraining(b, { steps, microBatch: mb });
-    const t = torch.get(b);
     lines.push(
       `| ${label} | train step${mb < b ? ` (micro-batch ${mb})` : ""} | ${b} | ` +
         `${fmt(r.stepsPerSec, 3)} steps/s = ${fmt(r.samplesPerSec, 1)} samples/s | ` +
@@ -96,7 +97,8 @@ for (const name of backends) {
           ? `${fmt(1000 / t.msPerStep, 3)} steps/s = ${fmt(t.samplesPerSec, 1)} samples/s | ${
             fmt(r.samplesPerSec / t.samplesPerSec)
           }x |`
-          : "— | — |"),
+          : "— | — |") +
+        ` ${load()} |`,
     );
     console.error("  " + lines.at(-1));
     if (r.counts) counters.push(`| ${label} | train step | ${b} | ${formatCounts(r.counts)} |`);
@@ -109,7 +111,8 @@ for (const name of backends) {
       `${fmt(s.samplesPerSec, 3)} samples/s | ` +
       (t
         ? `${fmt(t.secPerImageHeun50)} s/image | ${fmt(t.secPerImageHeun50 / s.secPerImage)}x |`
-        : "— | — |"),
+        : "— | — |") +
+      ` ${load()} |`,
   );
   console.error("  " + lines.at(-1));
   if (s.counts) {
@@ -119,7 +122,10 @@ for (const name of backends) {
     const rows = await benchAutoencoders({ taesdDir: `${shared}/weights/taesd` });
     for (const r of rows) {
       lines.push(
-        `| ${label} | ${r.model} ${r.op} | ${r.batch} | ${fmt(r.msPerImage, 0)} ms/image | — | — |`,
+        `| ${label} | ${r.model} ${r.op} | ${r.batch} | ${
+          fmt(r.msPerImage, 0)
+        } ms/image | — | — | ` +
+          `${load()} |`,
       );
       console.error("  " + lines.at(-1));
     }
