@@ -6,7 +6,8 @@
 #   bash bench/gpu/job.sh stage .gpu-data-N stages one data part (carried by that call)
 # Needs .gpu-kit/ (bash bench/gpu/pack.sh). Env: JOB_SECONDS (default 560: the whole call, under
 # the 600 s limit), TRAIN_SECONDS (cap on training), SMOKE=1 (a check on lavapipe: tiny sizes,
-# no NVIDIA setup), BENCH_ARGS (override the bench's arguments).
+# no NVIDIA setup), BENCH_ARGS (replace the bench's arguments), TRAIN_ARGS (more train flags, e.g.
+# `--batch-size 2 --limit 64` when the job starts a run for a check on lavapipe).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$(pwd)
@@ -82,31 +83,40 @@ else
   run 3_torch 110 env PYTHONUNBUFFERED=1 python3 "$KIT/torch_anchor.py"
 fi
 
-# The run: continue from its latest state on this machine (an earlier call's), else the kit's.
-if [ -f "$KIT/run/checkpoint.safetensors" ]; then
-  RUN=$STAGED/run
+# The run: continue from its latest state on this machine (an earlier call's), else the kit's;
+# or start it when the kit says so (pack.sh with DATA and no checkpoint).
+RUN=$STAGED/run
+FLAGS=()
+if [ -f "$RUN/checkpoint.safetensors" ] || [ -f "$KIT/run/checkpoint.safetensors" ]; then
   if [ ! -f "$RUN/checkpoint.safetensors" ]; then mkdir -p "$RUN" && cp "$KIT"/run/* "$RUN/"; fi
-  if [ ! -f "$STAGED/data/paths.txt" ]; then
-    echo "the run's data is not staged: call job.sh stage for each .gpu-data-N first (README)"
+  FLAGS=(--resume)
+elif [ -f "$KIT/run.fresh" ]; then
+  FLAGS=(--preset anthos --data "$(cat "$KIT/run.fresh")")
+fi
+if [ "${#FLAGS[@]}" -eq 0 ]; then
+  echo "no run in the kit: benchmarks only"
+elif [ ! -f "$STAGED/data/paths.txt" ]; then
+  echo "the run's data is not staged: call job.sh stage for each .gpu-data-N first (README)"
+else
+  # The run names its data by the paths recorded in run.json: make them point at the staged files.
+  while read -r file path; do
+    case $path in /*) dst=$path ;; *) dst=$ROOT/$path ;; esac
+    mkdir -p "$(dirname "$dst")"
+    [ -e "$dst" ] || ln -s "$STAGED/data/$file" "$dst"
+  done < "$STAGED/data/paths.txt"
+  left=$((JOB_SECONDS - $(elapsed) - 40)) # 40 s: start-up, final checkpoint, copy-out
+  [ -n "${TRAIN_SECONDS:-}" ] && [ "$TRAIN_SECONDS" -lt "$left" ] && left=$TRAIN_SECONDS
+  if [ "$left" -gt 20 ]; then
+    minutes=$(awk "BEGIN { printf \"%.2f\", ($left - 15) / 60 }")
+    run 4_train $((left + 30)) "${D[@]}" tasks/train.ts "${FLAGS[@]}" --out "$RUN" \
+      --export "$STAGED/weights" --backend webgpu --max-minutes "$minutes" --sample-every 0 \
+      --log-every 100 ${TRAIN_ARGS:-}
+    mkdir -p "$OUT/run" "$OUT/weights"
+    cp "$RUN"/checkpoint.safetensors "$RUN"/*.json* "$OUT/run/" 2>/dev/null
+    cp "$STAGED"/weights/* "$OUT/weights/" 2>/dev/null
+    ls -la "$OUT/run" "$OUT/weights"
   else
-    # resume checks the data paths recorded in run.json: make them point at the staged files.
-    while read -r file path; do
-      case $path in /*) dst=$path ;; *) dst=$ROOT/$path ;; esac
-      mkdir -p "$(dirname "$dst")"
-      [ -e "$dst" ] || ln -s "$STAGED/data/$file" "$dst"
-    done < "$STAGED/data/paths.txt"
-    left=$((JOB_SECONDS - $(elapsed) - 40)) # 40 s: start-up, final checkpoint, copy-out
-    [ -n "${TRAIN_SECONDS:-}" ] && [ "$TRAIN_SECONDS" -lt "$left" ] && left=$TRAIN_SECONDS
-    if [ "$left" -gt 20 ]; then
-      minutes=$(awk "BEGIN { printf \"%.2f\", ($left - 15) / 60 }")
-      run 4_train $((left + 30)) "${D[@]}" tasks/train.ts --resume --out "$RUN" --backend webgpu \
-        --max-minutes "$minutes" --sample-every 0 --log-every 100
-      mkdir -p "$OUT/run"
-      cp "$RUN"/checkpoint.safetensors "$RUN"/*.json* "$OUT/run/" 2>/dev/null
-      ls -la "$OUT/run"
-    else
-      echo "no time left to train ($left s)"
-    fi
+    echo "no time left to train ($left s)"
   fi
 fi
 stage "done"

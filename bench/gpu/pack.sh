@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Builds the GPU job's kit on this machine (run from the project root):
-#   bash bench/gpu/pack.sh [RUN_DIR]        (RUN_DIR: the run to continue, default runs/anthos)
+#   bash bench/gpu/pack.sh [RUN_DIR [DATA]]
+# RUN_DIR: the run to continue (default training/anthos, see TRAINING.md). Without a checkpoint
+# there, DATA (comma-separated latent caches) makes the job start the run (--preset anthos).
 # Writes (all ignored by git):
 #   .gpu-kit/       Deno (xz), a minimal offline npm cache, libvulkan1/libegl1/libglvnd0 debs,
 #                   the PyTorch anchor (torch_anchor.py + dit_ref.py from $ANTHOS_SHARED), and
@@ -9,7 +11,8 @@
 #                   call each stages them (`bash bench/gpu/job.sh stage .gpu-data-N`)
 # Each folder fits one device call (<= 64 MiB). See bench/gpu/README.md for the device calls.
 set -euo pipefail
-RUN=${1:-runs/anthos}
+RUN=${1:-training/anthos}
+NEW_DATA=${2:-}
 SHARED=${ANTHOS_SHARED:-../shared}
 KIT=.gpu-kit
 LIMIT=$((64 * 1024 * 1024))
@@ -20,7 +23,7 @@ PART=$((60 * 1024 * 1024))
   exit 2
 }
 mkdir -p "$KIT"
-rm -rf "$KIT/run" "$KIT/debs" "$KIT/npm.tar.xz" .gpu-data-*
+rm -rf "$KIT/run" "$KIT/run.path" "$KIT/run.fresh" "$KIT/debs" "$KIT/npm.tar.xz" .gpu-data-*
 
 # Deno, xz-compressed (95 MB -> ~31 MB); kept between packs while the version is the same.
 DENO_BIN=$(readlink -f "$(command -v deno)")
@@ -61,6 +64,7 @@ cp "$SHARED/gpu_probe/torch_anchor.py" "$SHARED/spec/dit_ref.py" "$KIT/"
 cp bench/gpu/job.sh "$KIT/job.sh.packed" # the job as packed (job.sh runs from the checkout)
 
 # The run to continue, and its data.
+DATA=()
 if [ -f "$RUN/checkpoint.safetensors" ]; then
   mkdir -p "$KIT/run"
   for f in checkpoint.safetensors run.json log.jsonl ledger.jsonl; do
@@ -71,6 +75,13 @@ if [ -f "$RUN/checkpoint.safetensors" ]; then
   mapfile -t DATA < <(deno eval 'const i = JSON.parse(Deno.readTextFileSync(Deno.args[0]));
     for (const f of (typeof i.data === "string" ? [i.data] : i.data)) console.log(f)' \
     "$RUN/run.json")
+elif [ -n "$NEW_DATA" ]; then
+  IFS=, read -r -a DATA <<< "$NEW_DATA"
+  echo "$NEW_DATA" > "$KIT/run.fresh"
+  echo "$RUN" > "$KIT/run.path"
+  echo "no checkpoint in $RUN: the job starts the run (--preset anthos) on $NEW_DATA"
+fi
+if [ "${#DATA[@]}" -gt 0 ]; then
   STAGE="$DD/data"
   mkdir -p "$STAGE"
   : > "$STAGE/paths.txt"
@@ -93,7 +104,7 @@ if [ -f "$RUN/checkpoint.safetensors" ]; then
     i=$((i + 1))
   done
 else
-  echo "note: no $RUN/checkpoint.safetensors: the kit benchmarks only (no run to continue)"
+  echo "note: no $RUN/checkpoint.safetensors and no DATA: the kit benchmarks only"
 fi
 
 for d in "$KIT" .gpu-data-*; do
