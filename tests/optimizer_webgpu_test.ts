@@ -62,8 +62,10 @@ Deno.test("webgpu device optimizer: wasm's trajectory, one readback per readEver
     assertEquals(infos[i].lr, refInfo[i].lr);
   }
   const [ours, ema] = [await weights(trainer.model), await weights(trainer.ema)];
-  ours.forEach((w, i) => assertLess(relErr(w, refModel[i]), 1e-4, `model param ${i}`));
-  ema.forEach((w, i) => assertLess(relErr(w, refEma[i]), 1e-4, `ema param ${i}`));
+  // After 6 AdamW steps, not one: Adam divides by sqrt(v), so where a gradient is tiny the two
+  // backends' different summation orders show up enlarged (worst measured: 1.3e-4, most < 2e-5).
+  ours.forEach((w, i) => assertLess(relErr(w, refModel[i]), 5e-4, `model param ${i}`));
+  ema.forEach((w, i) => assertLess(relErr(w, refEma[i]), 5e-4, `ema param ${i}`));
   // The EMA moved away from the weights (it is its own buffer, not the model's).
   assert(relErr(ema[5], ours[5]) > 1e-4, "EMA equals the model");
   // No tensor growth from step to step.

@@ -5,8 +5,9 @@
  * the backward pass are copied (tfjs clones them), and autodiff of broadcasts ends in slow
  * reductions. Each op here runs a few kernels forward, saves only what its closed-form gradient
  * needs, and keeps every product a plain XNNPACK product (see matmul.ts). The maths is exactly
- * that of the plain tf ops in dit.ts (to float32 rounding); dit.ts uses these ops when
- * `isWasmBackend()` (lib/runtime/backend.ts) is true and plain autodiff elsewhere.
+ * that of the plain tf ops in dit.ts (to float32 rounding); dit.ts uses these ops on wasm and on
+ * webgpu (where they also mean fewer dispatches; see `fusedLayers()` in dit.ts), plain autodiff
+ * elsewhere.
  *
  * @module
  */
