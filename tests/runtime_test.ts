@@ -82,11 +82,11 @@ Deno.test("env: reads each variable at access; empty is unset; flags are true-is
   }
 });
 
-Deno.test("env: without --allow-env the library imports and every variable reads as unset", async () => {
+Deno.test("env: without --allow-env mod.ts imports and every variable reads as unset", async () => {
   const code = `
     import { env } from "${ROOT}/lib/runtime/env.ts";
     import { defaultBackendName } from "${ROOT}/lib/runtime/backend.ts";
-    import { DiT } from "${ROOT}/lib/model/mod.ts";
+    import { DiT } from "${ROOT}/mod.ts"; // the whole library: sharp loads on first use only
     console.log(JSON.stringify({ home: env.home ?? null, quick: env.quick, backend: defaultBackendName(), dit: typeof DiT }));
   `;
   const vars = { ANTHOS_BACKEND: "cpu", ANTHOS_QUICK: "1", ANTHOS_HOME: "/x" };

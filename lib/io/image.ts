@@ -18,7 +18,18 @@
 
 import * as tf from "@tensorflow/tfjs-core";
 import { Buffer } from "node:buffer";
-import sharp from "sharp";
+import type sharp from "sharp";
+
+let sharpModule: Promise<typeof sharp> | undefined;
+
+/**
+ * sharp, loaded on first use: importing this module (or mod.ts) neither loads libvips nor needs
+ * `--allow-env` (sharp reads environment variables when it loads).
+ */
+function loadSharp(): Promise<typeof sharp> {
+  sharpModule ??= import("sharp").then((m) => m.default);
+  return sharpModule;
+}
 import { writeFileAtomic } from "./fs.ts";
 import {
   checkRaw,
@@ -68,7 +79,8 @@ export async function readImageRaw(
   const bytes = typeof pathOrBytes === "string" ? await readBytes(pathOrBytes) : pathOrBytes;
 
   // failOn "truncated" turns a cut-off file into an error instead of a half-grey image.
-  const open = () => sharp(bytes, { failOn: "truncated", limitInputPixels: 1 << 28 });
+  const vips = await loadSharp();
+  const open = () => vips(bytes, { failOn: "truncated", limitInputPixels: 1 << 28 });
   let meta: sharp.Metadata;
   try {
     meta = await open().metadata();
@@ -284,7 +296,8 @@ export async function makeGrid(
       texts.join("") + `</g></svg>`;
     layers.push({ input: Buffer.from(svg), left: 0, top: 0 });
   }
-  const buf = await sharp({
+  const vips = await loadSharp();
+  const buf = await vips({
     create: { width, height, channels: 3, background: options.background ?? "#ffffff" },
   }).composite(layers).removeAlpha().raw().toBuffer({ resolveWithObject: true });
   return await encodePng({
