@@ -316,7 +316,7 @@ export async function runMain(main: () => Promise<number | void>): Promise<never
 /** The `deno task` that makes each input a library error can name as missing. */
 export const TASK_HINTS: Readonly<Record<MissingInput, string>> = Object.freeze({
   "weights": "`deno task train`, then `deno task convert`, make a weights folder " +
-    "(config.json, model.safetensors, classes.txt).",
+    "(config.json, model.safetensors, classes.txt); --repo-dir names the folder that holds weights/.",
   "latent-cache": "`deno task encode` makes a latent cache from the Oxford photos.",
   "oxford": "`deno task encode` downloads Oxford Flowers 102 into $ANTHOS_HOME/oxford102.",
   "checkpoint": "`deno task train` writes runs/NAME/checkpoint.safetensors.",

@@ -43,7 +43,7 @@ export async function loadPipelineParts(options: PipelineLoadOptions = {}): Prom
         `no trained model: ${missing.join(", ")} ${missing.length > 1 ? "are" : "is"} missing. ` +
           `Train and export one (a Trainer run, then exportCheckpoint()), or put ` +
           `published weights (config.json, model.safetensors, classes.txt) in ${dir}/weights/ ` +
-          `(or pass --repo-dir / { repoDir } with the folder that holds weights/).`,
+          `(or pass { repoDir } with the folder that holds weights/).`,
       ),
       "weights",
     );
