@@ -47,14 +47,14 @@ const SPEC = {
     "out-dir": {
       type: "string",
       placeholder: "DIR",
-      description: "write one PNG per image (0001-rose.png, ...) as each is made, " +
+      description: "write one PNG per image (01-rose.png, 02-rose.png, ...) as each is made, " +
         "instead of a grid",
     },
     steps: { type: "integer", description: "sampling steps [default: config.json, 50]" },
     "cfg-scale": {
       type: "number",
-      description: "classifier-free guidance scale, 0..50 (1 = none, 1..10 useful; larger " +
-        "saturates and overflows to NaN) [default: config.json, 4.0]",
+      description: "classifier-free guidance scale, 0..50 (1 = none, about 1..10 useful; larger " +
+        "scales saturate the images) [default: config.json, 4.0]",
     },
     sampler: {
       type: "string",

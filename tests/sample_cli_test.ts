@@ -271,11 +271,12 @@ Deno.test({
     assertEquals(paged.code, 0, paged.stderr);
     assert(paged.stderr.includes(`wrote 2 grid pages, ${repo}/p-01.png .. ${repo}/p-02.png`));
     const dir = `${repo}/each`;
-    const each = await sampleTask([cls, "-n", "2", "--out-dir", dir, ...common]);
+    const each = await sampleTask([cls, "-n", "3", "--out-dir", dir, ...common]);
     assertEquals(each.code, 0, each.stderr);
+    const names = ["01-rose", "02-rose", "03-rose", "04-sunflower", "05-sunflower", "06-sunflower"];
     assertEquals(
       [...Deno.readDirSync(dir)].map((e) => e.name).sort(),
-      ["01-rose.png", "02-rose.png", "03-sunflower.png", "04-sunflower.png"],
+      names.map((f) => `${f}.png`),
     );
     const raw = async (path: string) => {
       const { data, info } = await sharp(path).removeAlpha().raw()
@@ -305,10 +306,12 @@ Deno.test({
         `#${i}`,
       );
     }
-    // Per-image files: image 0 (rose) is the same picture as in the grid.
-    const first = await raw(`${dir}/01-rose.png`);
-    assertEquals([first.w, first.h], [256, 256]);
-    assertEquals(new Uint8Array(first.data), tile(s, 0, 0));
+    // Per-image files: each is the same picture as its tile in the grid.
+    for (let i = 0; i < 6; i++) {
+      const im = await raw(`${dir}/${names[i]}.png`);
+      assertEquals([im.w, im.h], [256, 256]);
+      assertEquals(new Uint8Array(im.data), tile(s, i % 2, Math.floor(i / 2)), names[i]);
+    }
     await Deno.remove(repo, { recursive: true });
   },
 });
