@@ -312,7 +312,7 @@ Deno.test({
           console.warn(
             `SKIP generating on WebGPU in chromium: ${
               adapter
-                ? "SwiftShader (a CPU WebGPU) takes about 9 minutes per image on 2 cores; " +
+                ? "SwiftShader (a CPU WebGPU) took about 15 minutes for these 2 images on 2 cores; " +
                   "ANTHOS_WEB_WEBGPU=1 runs it"
                 : "no WebGPU adapter in headless chromium"
             }`,
@@ -322,7 +322,7 @@ Deno.test({
         const gpuPage = await openPage(browser, `${url}?backend=webgpu`);
         const gpuTiles = await generateInPage(gpuPage);
         // Chromium's WebGPU (SwiftShader) is another float implementation than wasm, so compare
-        // with the Deno wasm reference under a tolerance.
+        // with the Deno wasm reference under a tolerance (measured: at most 1/255 on 0.03%).
         for (let i = 0; i < ref.length; i++) {
           const d = compare(gpuTiles[i].rgb, ref[i].pixels);
           console.log(
