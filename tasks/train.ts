@@ -121,7 +121,7 @@ async function main(): Promise<number> {
   const message = stopMessage(result, run.folder.dir).replace("resume to", "--resume to");
   if (result.reason === "nonfinite" || result.reason === "signal") {
     bar.log(result.reason === "nonfinite" ? `error: ${message}` : message);
-    return result.reason === "nonfinite" ? 1 : /SIGTERM/.test(stop.signal.reason) ? 143 : 130;
+    return result.reason === "nonfinite" ? 1 : stop.exitCode;
   }
   bar.finish();
   const fin = await run.finish({

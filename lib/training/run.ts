@@ -634,7 +634,9 @@ export class TrainingRun {
     const phase = this.newPhase ? ` (new phase ${this.phase.index})` : "";
     return `${this.resumed ? "resuming" : "training"} ${t.config.model} ` +
       `(${t.model.paramCount().toLocaleString("en")} params) on ${this.trainSet.labels.length} ` +
-      `latents from ${this.info.data.join(", ")}${phase}, ${backend} backend; step ${t.step}/` +
+      `latents (${this.split.heldOut.length} more held out) from ${
+        this.info.data.join(", ")
+      }${phase}, ${backend} backend; step ${t.step}/` +
       `${t.config.steps}, batch ${t.config.batchSize}, lr ${t.config.lr} -> ${this.folder.dir}` +
       this.removedTemps.map((f) => `\nremoved a stale temp file of a killed run: ${f}`).join("");
   }
