@@ -119,8 +119,8 @@ async function main(): Promise<number> {
     },
   }).finally(() => stop.dispose());
   const message = stopMessage(result, run.folder.dir).replace("resume to", "--resume to");
+  bar.log(result.reason === "nonfinite" ? `error: ${message}` : message);
   if (result.reason === "nonfinite" || result.reason === "signal") {
-    bar.log(result.reason === "nonfinite" ? `error: ${message}` : message);
     return result.reason === "nonfinite" ? 1 : stop.exitCode;
   }
   bar.finish();
@@ -129,7 +129,7 @@ async function main(): Promise<number> {
     classesFile: names ? classesFile : undefined,
   });
   grids?.dispose();
-  console.error(`${message}; ${fin.summary}`);
+  console.error(fin.summary);
   run.dispose();
   return 0;
 }

@@ -790,11 +790,6 @@ export class TrainingRun {
       },
       classesFile: options.classesFile,
     });
-    let samples: string | null = null;
-    if (options.sampleGrid) {
-      samples = `${exportDir}/samples.png`;
-      await writeFileAtomic(samples, await options.sampleGrid(trainer.ema));
-    }
     const slots = await readLedger(this.folder.ledger);
     const steps = result.step - result.fromStep;
     const ledger: LedgerEntry = {
@@ -811,10 +806,16 @@ export class TrainingRun {
       stop: result.reason,
     };
     await Deno.writeTextFile(this.folder.ledger, JSON.stringify(ledger) + "\n", { append: true });
+    // The grid last: it is the slow part, and the slot is on record without it.
+    let samples: string | null = null;
+    if (options.sampleGrid) {
+      samples = `${exportDir}/samples.png`;
+      await writeFileAtomic(samples, await options.sampleGrid(trainer.ema));
+    }
     const files = ["model.safetensors", "config.json"];
     if (exported.classes) files.push("classes.txt");
     if (samples) files.push("samples.png");
-    const summary = `${round3(result.seconds)} s at ${ledger.stepsPerSec} steps/s` +
+    const summary = `${round3(result.seconds)} s of training at ${ledger.stepsPerSec} steps/s` +
       (val ? `, validation loss ${val.loss.toFixed(5)}` : "") +
       `; weights exported to ${exportDir} (${files.join(", ")}); ledger ${this.folder.ledger}`;
     return {
