@@ -6,7 +6,6 @@
  * @module
  */
 
-import * as tf from "@tensorflow/tfjs-core";
 import { loadAutoencoder } from "../lib/autoencoders/load.ts";
 import type { AutoencoderKind } from "../lib/autoencoders/autoencoder.ts";
 import { type BackendName, loadBackend } from "../lib/runtime/backend.ts";
@@ -17,11 +16,11 @@ import { DiT } from "../lib/model/dit.ts";
 import { readWeightsConfig } from "../lib/model/weights.ts";
 import { checkpointWeights, isCheckpoint } from "../lib/training/checkpoint.ts";
 import { RunFolder } from "../lib/training/run.ts";
-import { type LatentDataset, loadLatents } from "../lib/data/latents.ts";
+import { loadLatentFiles } from "../lib/training/data.ts";
 import {
   evaluationGrid,
+  HELD_OUT_FRACTION,
   heldOutSplit,
-  type LatentPart,
   T_BUCKETS,
   validationLoss,
 } from "../lib/training/eval.ts";
@@ -44,7 +43,8 @@ const SPEC = {
     data: {
       type: "string",
       placeholder: "FILES",
-      description: "latent caches, comma-separated, in the run's order [default: " +
+      description: "latent caches, comma-separated, in the run's order [default: the run's " +
+        "(run.json beside a checkpoint, config.json's training.data), else " +
         "runs/latents-<vae>.safetensors]",
     },
     grid: { type: "string", placeholder: "FILE", description: "write the evaluation grid PNG" },
@@ -63,7 +63,11 @@ const SPEC = {
       description: "evaluate only the first N held-out latents (a quicker fixed estimate)",
     },
     "t-per-item": { type: "integer", default: 10, description: "times per held-out latent" },
-    fraction: { type: "number", default: 0.02, description: "share of the photos held out" },
+    fraction: {
+      type: "number",
+      description: "share of the photos held out [default: the run's, else 0.02]; more than the " +
+        "run's would count trained photos",
+    },
     seed: { type: "integer", default: 0, description: "seed of the noise and t grid" },
     "batch-size": { type: "integer", default: 32, description: "evaluations per model call" },
     raw: { type: "boolean", description: "checkpoint: the raw weights instead of the EMA" },
@@ -102,6 +106,10 @@ interface Loaded {
   vae?: string;
   /** Grid steps from config.json. */
   steps?: number;
+  /** The latent caches it trained on, if recorded. */
+  data?: string[];
+  /** The run's held-out share, if recorded. */
+  fraction?: number;
 }
 
 async function main(): Promise<number> {
@@ -109,7 +117,7 @@ async function main(): Promise<number> {
   if (!o.loss && !o.grid) {
     throw new CliError("nothing to do: --no-loss needs --grid FILE");
   }
-  if (!(o.fraction > 0 && o.fraction < 1)) {
+  if (o.fraction !== undefined && !(o.fraction > 0 && o.fraction < 1)) {
     throw new CliError(`--fraction must be in (0, 1), got ${o.fraction} (e.g. 0.02 for 2%)`);
   }
   for (const [flag, v] of [["t-per-item", o.tPerItem], ["batch-size", o.batchSize]] as const) {
@@ -133,8 +141,19 @@ async function main(): Promise<number> {
     if (o.loss) {
       const paths = o.data
         ? splitList(o.data)
-        : [`runs/latents-${loaded.vae ?? "taesd"}.safetensors`];
-      const { data, parts } = await loadData(paths, { given: o.data !== undefined });
+        : loaded.data ?? [`runs/latents-${loaded.vae ?? "taesd"}.safetensors`];
+      await checkData(paths, { given: o.data !== undefined });
+      // Joined in the order given; each file is one part of the held-out split.
+      const data = await loadLatentFiles(paths);
+      // The run's share by default: its held-out photos are exactly those below it (a larger
+      // share would add photos the model trained on; a smaller one evaluates a subset).
+      const fraction = o.fraction ?? loaded.fraction ?? HELD_OUT_FRACTION;
+      if (loaded.fraction !== undefined && fraction > loaded.fraction) {
+        console.error(
+          `warning: --fraction ${fraction} is more than the run's ${loaded.fraction}: some of ` +
+            `these "held-out" photos were trained on`,
+        );
+      }
       try {
         if (loaded.vae && data.metadata.vae && data.metadata.vae !== loaded.vae) {
           throw new CliError(
@@ -142,7 +161,7 @@ async function main(): Promise<number> {
               `${data.metadata.vae} latents: evaluate on a cache of the model's latent space`,
           );
         }
-        const split = heldOutSplit(parts, { fraction: o.fraction });
+        const split = heldOutSplit(data, { fraction });
         const items = Math.min(split.heldOut.length, o.maxItems ?? Infinity);
         const bar = o.quiet || o.json
           ? null
@@ -166,7 +185,7 @@ async function main(): Promise<number> {
           evaluations: res.evaluations,
           latents: data.labels.length,
           data: paths,
-          fraction: o.fraction,
+          fraction,
           seed: o.seed,
           seconds: Math.round(secs * 10) / 10,
         });
@@ -174,7 +193,8 @@ async function main(): Promise<number> {
           console.log(
             `validation loss ${res.loss.toFixed(6)}  (${loaded.label}; ${res.items} held-out ` +
               `latents of ${data.labels.length} x ${o.tPerItem} t = ${res.evaluations} ` +
-              `evaluations, seed ${o.seed}, ${backend.name}, ${formatDuration(secs)})`,
+              `evaluations, held-out share ${fraction}, seed ${o.seed}, ${backend.name}, ` +
+              `${formatDuration(secs)})`,
           );
           console.log(bucketTable(res.buckets, res.counts));
         }
@@ -280,6 +300,7 @@ async function loadModel(source: string, options: { raw: boolean }): Promise<Loa
       label: `${source}/` + (step !== undefined ? ` (step ${step})` : ""),
       vae: config.vae.name,
       steps: config.sampling.steps,
+      ...recorded(config.training),
     };
   }
   if (!(await isCheckpoint(source))) {
@@ -301,7 +322,20 @@ async function loadModel(source: string, options: { raw: boolean }): Promise<Loa
     model,
     label: `${source} (step ${info.step}, ${options.raw ? "raw" : "EMA"})`,
     vae: run?.latentMetadata?.vae,
+    ...recorded({ data: run?.data, heldOutFraction: run?.heldOutFraction }),
   };
+}
+
+/** The data files and held-out share a run recorded (run.json, config.json's training). */
+function recorded(training?: Record<string, unknown>): { data?: string[]; fraction?: number } {
+  const out: { data?: string[]; fraction?: number } = {};
+  const data = training?.data;
+  if (Array.isArray(data) && data.length && data.every((d) => typeof d === "string")) {
+    out.data = data;
+  }
+  const f = training?.heldOutFraction;
+  if (typeof f === "number" && f > 0 && f < 1) out.fraction = f;
+  return out;
 }
 
 /** Fails with the fix when a cache is missing or listed twice. */
@@ -320,48 +354,6 @@ async function checkData(paths: string[], options: { given: boolean }): Promise<
               "trained on."),
       );
     }
-  }
-}
-
-/** Loads and joins the caches; each file is one part of the held-out split. */
-async function loadData(
-  paths: string[],
-  options: { given: boolean },
-): Promise<{ data: LatentDataset; parts: LatentPart[] }> {
-  await checkData(paths, options);
-  const loaded: LatentDataset[] = [];
-  try {
-    for (const p of paths) loaded.push(await loadLatents(p));
-    const shape = loaded[0].latents.shape.slice(1).join(",");
-    loaded.forEach((d, i) => {
-      if (
-        d.latents.shape.slice(1).join(",") !== shape || d.metadata.vae !== loaded[0].metadata.vae
-      ) {
-        throw new CliError(
-          `${paths[i]} holds ${d.metadata.vae} latents [${d.latents.shape.slice(1)}] but ` +
-            `${paths[0]} holds ${loaded[0].metadata.vae} latents [${shape}]: pass caches of one ` +
-            `latent space`,
-        );
-      }
-    });
-    const parts = loaded.map((d, i) => ({
-      count: d.labels.length,
-      metadata: d.metadata,
-      name: paths[i].split("/").pop(),
-    }));
-    if (loaded.length === 1) return { data: loaded[0], parts };
-    const latents = tf.concat(loaded.map((d) => d.latents)) as tf.Tensor4D; // [L, H, W, C]
-    tf.dispose(loaded.map((d) => d.latents));
-    const labels = new Int32Array(parts.reduce((s, p) => s + p.count, 0));
-    let at = 0;
-    for (const d of loaded) {
-      labels.set(d.labels, at);
-      at += d.labels.length;
-    }
-    return { data: { latents, labels, metadata: loaded[0].metadata }, parts };
-  } catch (e) {
-    tf.dispose(loaded.map((d) => d.latents));
-    throw e;
   }
 }
 

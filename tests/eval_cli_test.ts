@@ -118,6 +118,18 @@ Deno.test({
     assertEquals(got.valLoss, want.loss);
     assertEquals(got.valBuckets.map((b: number | null) => b ?? NaN), want.buckets);
     assertEquals([got.heldOut, got.evaluations], [3, 6]);
+    // Exported weights name their data and held-out share (config.json's training): the defaults.
+    await Deno.writeTextFile(
+      `${dir}/weights/config.json`,
+      JSON.stringify({
+        format: "anthos",
+        vae: { name: "taesd", scalingFactor: 0.18215 },
+        training: { step: 6, data: [cache], heldOutFraction: 0.1 },
+      }),
+    );
+    const rd = await evalTask([`${dir}/weights`, ...opts.slice(4), "--json"]);
+    assertEquals(rd.code, 0, rd.stderr);
+    assertEquals(JSON.parse(rd.stdout).valLoss, want.loss);
     model.dispose();
     data.latents.dispose();
 
@@ -140,6 +152,29 @@ Deno.test({
       });
       assertEquals(JSON.parse(rc.stdout).valLoss, res.loss, raw ? "raw" : "EMA");
     }
+    // Beside run.json, the run's caches and held-out share are the defaults (no --data).
+    await Deno.writeTextFile(
+      `${small.dir}/run.json`,
+      JSON.stringify({
+        preset: "smoke",
+        data: [small.cache],
+        latentMetadata: {},
+        heldOutFraction: 0.2,
+      }),
+    );
+    const rr = await evalTask([ckpt, "--max-items", "3", "--t-per-item", "2", "--json"]);
+    assertEquals(rr.code, 0, rr.stderr);
+    const runRes = await validationLoss(trainer.ema, smallData, {
+      split: heldOutSplit(smallData, { fraction: 0.2 }),
+      maxItems: 3,
+      tPerItem: 2,
+    });
+    const got2 = JSON.parse(rr.stdout);
+    assertEquals([got2.valLoss, got2.fraction, got2.data], [runRes.loss, 0.2, [small.cache]]);
+    // More than the run's share: a warning that trained photos are counted.
+    const rw = await evalTask([ckpt, "--fraction", "0.5", "--max-items", "1", "--t-per-item", "1"]);
+    assertEquals(rw.code, 0, rw.stderr);
+    assert(rw.stderr.includes("were trained on"), rw.stderr);
     trainer.dispose();
     smallData.latents.dispose();
     await Deno.remove(dir, { recursive: true });

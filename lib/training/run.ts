@@ -786,6 +786,7 @@ export class TrainingRun {
         device,
         valLoss: val?.loss ?? null,
         valBuckets: val?.buckets ?? null,
+        heldOutFraction: this.split.fraction,
         run: this.folder.dir,
       },
       classesFile: options.classesFile,
