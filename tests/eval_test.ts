@@ -3,7 +3,6 @@
 // a separate float64 computation, buckets that average back to the mean, no tensor growth), the
 // evaluation grid, and clear errors on bad input.
 import * as tf from "@tensorflow/tfjs-core";
-import sharp from "sharp";
 import { assert, assertEquals, assertLess, assertRejects, assertThrows } from "./_assert.ts";
 import { loadBackend } from "../lib/runtime/backend.ts";
 import { DiT, PRESETS } from "../lib/model/dit.ts";
@@ -270,12 +269,9 @@ Deno.test({
     const same = (x: Uint8Array, y: Uint8Array) =>
       x.length === y.length && x.every((v, i) => v === y[i]);
     assert(same(a.png, b.png), "the same options must give the same PNG bytes");
-    // Another batch size: the same noise, so the same images up to a rounding step.
-    const [pa, pc] = await Promise.all([a.png, c.png].map((p) => sharp(p).raw().toBuffer()));
-    assertEquals(pa.length, pc.length);
-    let maxDiff = 0;
-    for (let i = 0; i < pa.length; i++) maxDiff = Math.max(maxDiff, Math.abs(pa[i] - pc[i]));
-    assertLess(maxDiff, 3, `batch size 2 changed pixels by up to ${maxDiff}`);
+    // Another batch size: the same noise, and products whose rows do not depend on how many
+    // share the call (matmul.ts, BLAS_ROW_BLOCK), so the same bytes.
+    assert(same(a.png, c.png), "the grid must not depend on the batch size");
     assertEquals(a.captions, ["flower 73", "flower 5"]);
     assertEquals(a.classes, [73, 5]);
     await assertRejects(

@@ -177,6 +177,9 @@ export function gemm(a: tf.Tensor, b: tf.Tensor, options: GemmOptions = {}): tf.
   });
 }
 
+/** Rows per BLAS call (see blasGemm): the DiT's tokens per image, (32 / 2)^2. */
+const BLAS_ROW_BLOCK = 256;
+
 /** Multiply-adds per slice below which a batched product runs single-threaded (Blas.singleThreaded). */
 const SMALL_PRODUCT = 1 << 22;
 
@@ -214,6 +217,16 @@ function blasGemm(
         `${bias ? ` + bias ${bias.shape}` : ""} do not match`,
     );
   }
+  // A row's result must not depend on how many rows share the call, or an image's pixels would
+  // depend on the batch size: OpenBLAS picks its kernels by the row count (measured: 28 to 248 of
+  // 288 outputs of row 0 change between M = 1 and M = 4..2048). So row counts are cut into
+  // blocks of BLAS_ROW_BLOCK (the DiT's 256 tokens per image: an image's rows are always whole
+  // blocks), and other row counts (the per-sample conditioning products, M = batch) go to
+  // XNNPACK, whose rows are independent. Reductions over rows (transA: weight gradients) sum the
+  // batch anyway and stay one call.
+  if (!transA && m % BLAS_ROW_BLOCK !== 0) return null;
+  const blocks = transA ? 1 : m / BLAS_ROW_BLOCK;
+  const rows = m / blocks;
   return timeOp(`sgemm ${r === 3 ? "batched" : "2D"} (blas)`, () => {
     const shape = r === 3 ? [nb, m, n] : [m, n];
     const out = tf.engine().makeTensorFromTensorInfo(be.makeOutput!(shape, "float32"));
@@ -240,21 +253,23 @@ function blasGemm(
     }
     const slices = () => {
       for (let i = 0; i < nb; i++) {
-        blas.sgemm(
-          transA,
-          transB,
-          m,
-          n,
-          k,
-          1,
-          base + offA + 4 * i * ra * ca,
-          ca,
-          base + offB + 4 * i * rb * cb,
-          cb,
-          beta,
-          base + offC + 4 * i * m * n,
-          n,
-        );
+        for (let j = 0; j < blocks; j++) {
+          blas.sgemm(
+            transA,
+            transB,
+            rows,
+            n,
+            k,
+            1,
+            base + offA + 4 * (i * ra * ca + j * rows * ca), // blocks only when !transA: rows of a
+            ca,
+            base + offB + 4 * i * rb * cb,
+            cb,
+            beta,
+            base + offC + 4 * (i * m * n + j * rows * n),
+            n,
+          );
+        }
       }
     };
     // Many small slices (attention: [256, 24] @ [24, 256]): one thread each, no hand-offs.

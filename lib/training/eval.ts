@@ -395,8 +395,7 @@ export interface EvalGridOptions {
   classNames?: readonly string[];
   /** Tiles per row; default 4 classes per row (8 tiles at perClass 2). */
   cols?: number;
-  /** Images sampled at once; default 16. Noise does not depend on it; pixels may differ by a
-   * rounding step with another value (matrix-product blocking), so keep the default to compare. */
+  /** Images sampled at once; default 16. Neither the noise nor the pixels depend on it. */
   batchSize?: number;
   /** Called after each sampling step of each batch with (done, total). */
   onStep?: (done: number, total: number) => void;
