@@ -88,3 +88,27 @@ export async function withProducts(products: Products, fn: () => Promise<void>):
     throw new Error(`products on ${products}, but ${blasCalls} BLAS product call(s) were made`);
   }
 }
+
+/**
+ * A temporary repo folder whose `weights/` holds the golden test weights (random, for parity, not
+ * flowers), the real classes.txt and a TAESD config.json; `weights: false` leaves `weights/` empty.
+ */
+export async function goldenWeightsRepo(
+  options: { prefix?: string; weights?: boolean } = {},
+): Promise<string> {
+  const dir = await Deno.makeTempDir({ prefix: options.prefix ?? "anthos-" });
+  await Deno.mkdir(`${dir}/weights`);
+  if (options.weights === false) return dir;
+  const golden = sharedPath("spec/golden/weights.safetensors");
+  if (golden === null) throw new Error("golden weights missing: see the SKIP line above");
+  await Deno.copyFile(golden, `${dir}/weights/model.safetensors`);
+  await Deno.copyFile(
+    fileURLToPath(new URL("../weights/classes.txt", import.meta.url)),
+    `${dir}/weights/classes.txt`,
+  );
+  await Deno.writeTextFile(
+    `${dir}/weights/config.json`,
+    JSON.stringify({ format: "anthos", vae: { name: "taesd", scalingFactor: 1 } }),
+  );
+  return dir;
+}

@@ -3,23 +3,15 @@
 // Uses the golden random DiT weights and the real TAESD decoder from ../shared.
 import sharp from "sharp";
 import { assert, assertEquals } from "./_assert.ts";
-import { sharedPath } from "./_shared.ts";
+import { goldenWeightsRepo, sharedPath } from "./_shared.ts";
 
 const GOLDEN = sharedPath("spec/golden/weights.safetensors");
 const TAESD = sharedPath("weights/taesd");
 const ROOT = new URL("..", import.meta.url).pathname;
 const ok = GOLDEN !== null && TAESD !== null;
 
-async function tempRepo(): Promise<string> {
-  const dir = await Deno.makeTempDir({ prefix: "anthos-sample-" });
-  await Deno.mkdir(`${dir}/weights`);
-  await Deno.copyFile(GOLDEN!, `${dir}/weights/model.safetensors`);
-  await Deno.copyFile(`${ROOT}/weights/classes.txt`, `${dir}/weights/classes.txt`);
-  await Deno.writeTextFile(
-    `${dir}/weights/config.json`,
-    JSON.stringify({ format: "anthos", vae: { name: "taesd", scalingFactor: 1 } }),
-  );
-  return dir;
+function tempRepo(): Promise<string> {
+  return goldenWeightsRepo({ prefix: "anthos-sample-" });
 }
 
 async function sampleTask(args: string[]): Promise<{ code: number; stderr: string }> {

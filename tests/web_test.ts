@@ -11,7 +11,7 @@ import puppeteer, { type Browser, type Page } from "puppeteer-core";
 import sharp from "sharp";
 import * as tf from "@tensorflow/tfjs-core";
 import { assert, assertEquals, assertThrows } from "./_assert.ts";
-import { IN_CI, sharedPath, useBackend } from "./_shared.ts";
+import { goldenWeightsRepo, IN_CI, sharedPath, useBackend } from "./_shared.ts";
 import { AnthosPipeline, type GeneratedImage } from "../lib/pipeline/pipeline.ts";
 import { ClassNames } from "../lib/pipeline/classes.ts";
 import { DiT } from "../lib/model/dit.ts";
@@ -25,7 +25,6 @@ import { demoHandler, serveDemo } from "../lib/web/server.ts";
 
 const GOLDEN = sharedPath("spec/golden/weights.safetensors");
 const TAESD = sharedPath("weights/taesd");
-const ROOT = new URL("..", import.meta.url).pathname;
 const CHROMIUM = Deno.env.get("CHROMIUM") ?? "/usr/bin/chromium";
 
 function haveChromium(): boolean {
@@ -43,17 +42,8 @@ function haveChromium(): boolean {
 
 const ok = GOLDEN !== null && TAESD !== null && haveChromium();
 
-async function tempRepo(withWeights = true): Promise<string> {
-  const dir = await Deno.makeTempDir({ prefix: "anthos-web-" });
-  await Deno.mkdir(`${dir}/weights`);
-  if (!withWeights) return dir;
-  await Deno.copyFile(GOLDEN!, `${dir}/weights/model.safetensors`);
-  await Deno.copyFile(`${ROOT}/weights/classes.txt`, `${dir}/weights/classes.txt`);
-  await Deno.writeTextFile(
-    `${dir}/weights/config.json`,
-    JSON.stringify({ format: "anthos", vae: { name: "taesd", scalingFactor: 1 } }),
-  );
-  return dir;
+function tempRepo(withWeights = true): Promise<string> {
+  return goldenWeightsRepo({ prefix: "anthos-web-", weights: withWeights });
 }
 
 let bundle: DemoBundle | null = null;
