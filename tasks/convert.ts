@@ -11,6 +11,7 @@ import { dirname } from "node:path";
 import { exportCheckpoint } from "../lib/training/export.ts";
 import { readSafetensors } from "../lib/io/safetensors.ts";
 import { RunFolder } from "../lib/training/run.ts";
+import { checkpointInfo } from "../lib/training/checkpoint.ts";
 import { AUTOENCODER_KINDS, AUTOENCODERS } from "../lib/autoencoders/autoencoder.ts";
 
 const SPEC = {
@@ -53,13 +54,14 @@ const SPEC = {
 async function main(): Promise<number> {
   const { values: o } = parseCommandLine(SPEC);
   await loadBackend(o.backend as BackendName | undefined);
-  let latentMetadata: Record<string, string> | undefined;
-  if (o.latents) {
-    latentMetadata = (await readSafetensors(o.latents, { what: "latent cache" })).metadata;
-  } else {
-    const run = await new RunFolder(dirname(o.checkpoint)).readInfo().catch(() => null);
-    latentMetadata = run?.latentMetadata;
-  }
+  const folder = new RunFolder(dirname(o.checkpoint));
+  const run = await folder.readInfo().catch(() => null);
+  const latentMetadata = o.latents
+    ? (await readSafetensors(o.latents, { what: "latent cache" })).metadata
+    : run?.latentMetadata;
+  // The run's record (data, phases, device, validation) goes into config.json as train's does.
+  const { step, trainConfig } = await checkpointInfo(o.checkpoint);
+  const training = run ? await folder.provenance(step, Number(trainConfig.batchSize)) : null;
   const vae = o.vae ?? latentMetadata?.vae;
   if (!vae) {
     console.error(
@@ -81,6 +83,7 @@ async function main(): Promise<number> {
         },
       }
       : {}),
+    ...(training ? { training } : {}),
     raw: o.raw,
     classesFile: hasClasses ? classesFile : undefined,
   });

@@ -139,6 +139,9 @@ async function main(): Promise<number> {
   });
   try {
     const ids = pipe.classIds(classes); // fail on a bad class before any work
+    if (pipe.status && !pipe.status.complete && !o.quiet) {
+      console.error(`note: ${o.repoDir}/weights/ is an ${pipe.status.text}.`);
+    }
     const n = ids.length * o.nPerClass;
     const perPage = Math.min(o.perPage ?? n, n);
     const pages = Math.ceil(n / perPage);

@@ -194,6 +194,16 @@ Deno.test({
       assertEquals(cfg.vae.name, "taesd"); // from run.json beside the checkpoint
       assertEquals(cfg.training?.step, 6);
       assertEquals(cfg.sampling, { steps: 50, cfgScale: 4, sampler: "heun" });
+      // The run's record as train's own export wrote it at the end of the last session (step 6):
+      // a checkpoint converted later (e.g. one trained on a GPU machine) carries the same.
+      const own = (await readWeightsConfig(`${runB}/export/config.json`)).training!;
+      const last = readLog(`${runB}/ledger.jsonl`).at(-1)!;
+      for (const k of ["preset", "data", "samplesSeen", "phase", "phases", "backend", "device"]) {
+        assertEquals(cfg.training?.[k], own[k], k);
+      }
+      assertEquals(cfg.training?.valLoss, last.valLoss);
+      assertEquals(cfg.training?.device, last.device);
+      assertEquals(cfg.training?.data, [cache]);
       await loadBackend("cpu");
       const model = await DiT.load(`${out}/model.safetensors`, { config: cfg.model });
       assertEquals(model.paramCount(), 50_048);

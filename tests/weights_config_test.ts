@@ -1,6 +1,6 @@
 // weights/config.json: types and ranges are checked when it is read; errors name the file, the
 // field and a fix (a field left out takes the published model's value).
-import { parseWeightsConfig, readWeightsConfig } from "../lib/model/weights.ts";
+import { modelStatus, parseWeightsConfig, readWeightsConfig } from "../lib/model/weights.ts";
 import { assert, assertEquals, assertRejects, assertThrows } from "./_assert.ts";
 
 Deno.test("weights config: missing fields take the published defaults; good values pass", () => {
@@ -59,4 +59,34 @@ Deno.test("weights config: null, strings for numbers, zero steps and more name f
     `${dir}/config.json is not a valid model config: it must hold a JSON object`,
   );
   await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("weights config: the training status of early, finished and unrecorded weights", async () => {
+  const base = parseWeightsConfig('{"format": "anthos"}');
+  assertEquals(modelStatus(base), null); // no training record: nothing claimed
+  assertEquals(modelStatus({ ...base, training: { step: "638", steps: 120000 } }), null);
+  const early = modelStatus({
+    ...base,
+    training: { step: 638, steps: 120000, device: "NVIDIA H200", valLoss: 1.81275 },
+  })!;
+  assertEquals([early.step, early.steps, early.complete, early.valLoss], [
+    638,
+    120000,
+    false,
+    1.81275,
+  ]);
+  assertEquals(
+    early.text,
+    "early checkpoint: step 638 of 120,000 (0.5%) on NVIDIA H200, EMA validation loss 1.8128; " +
+      "the run goes on in later GPU slots, and until it is far along the images are not flowers yet",
+  );
+  const done = modelStatus({ ...base, training: { step: 120000, steps: 120000 } })!;
+  assertEquals([done.complete, done.text], [true, "trained: 120,000 steps"]);
+  // The weights this repository ships say what they are.
+  const shipped = await readWeightsConfig(
+    new URL("../weights/config.json", import.meta.url).pathname,
+  );
+  const s = modelStatus(shipped);
+  assert(s !== null, "weights/config.json records its training");
+  assertEquals(s.steps, 120000);
 });

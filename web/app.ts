@@ -122,6 +122,10 @@ function ready(r: Extract<Reply, { type: "ready" }>): void {
   stepsInput.value = String(r.sampling.steps);
   cfgInput.value = String(r.sampling.cfgScale);
   samplerInput.value = r.sampling.sampler;
+  // An unfinished run's weights: say so before anyone judges the images.
+  const note = document.getElementById("model-note")!;
+  note.textContent = r.status ? `Model: ${r.status.text}.` : "";
+  note.hidden = !r.status || r.status.complete;
   renderList();
   generateButton.disabled = false;
   setState("ready");

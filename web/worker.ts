@@ -56,6 +56,8 @@ export type Reply =
     classes: string[];
     sampling: { steps: number; cfgScale: number; sampler: SamplerName };
     cfgRange: { min: number; max: number };
+    /** How far the model's training got (weights/config.json), if it says. */
+    status: { complete: boolean; text: string } | null;
   }
   | { type: "progress"; done: number; total: number; phase: "sample" | "decode" }
   | { type: "result"; images: ImageReply[]; seconds: number }
@@ -126,6 +128,7 @@ async function init(wanted?: "webgpu" | "wasm"): Promise<void> {
     classes: [...classes.names],
     sampling: { ...config.sampling },
     cfgRange: { ...CFG_SCALE_RANGE },
+    status: pipe.status && { complete: pipe.status.complete, text: pipe.status.text },
   });
 }
 

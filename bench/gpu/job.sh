@@ -7,7 +7,8 @@
 # Needs .gpu-kit/ (bash bench/gpu/pack.sh). Env: JOB_SECONDS (default 560: the whole call, under
 # the 600 s limit), TRAIN_SECONDS (cap on training), SMOKE=1 (a check on lavapipe: tiny sizes,
 # no NVIDIA setup), BENCH_ARGS (replace the bench's arguments), TRAIN_ARGS (more train flags, e.g.
-# `--batch-size 2 --limit 64` when the job starts a run for a check on lavapipe).
+# `--batch-size 2 --limit 64` when the job starts a run for a check on lavapipe), SKIP_BENCH=1
+# (train only: a second call on the same warm machine, after the one that benched).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$(pwd)
@@ -73,7 +74,9 @@ run() {
 
 run 1_adapter 60 "${D[@]}" bench/gpu/adapter.ts || { echo "no adapter: stopping"; exit 1; }
 
-if [ "$SMOKE" = 1 ]; then
+if [ "${SKIP_BENCH:-0}" = 1 ]; then
+  echo "SKIP_BENCH=1: no bench, no PyTorch (an earlier call on this machine ran them)"
+elif [ "$SMOKE" = 1 ]; then
   BENCH_ARGS=${BENCH_ARGS:---batches 2 --steps 2 --sample-batch 2 --no-torch --no-vae}
   run 2_bench 300 "${D[@]}" tasks/bench.ts --backends webgpu $BENCH_ARGS
   run 3_torch 120 env SMOKE=1 /usr/bin/python3 "$KIT/torch_anchor.py"
@@ -87,8 +90,11 @@ fi
 # or start it when the kit says so (pack.sh with DATA and no checkpoint).
 RUN=$STAGED/run
 FLAGS=()
-if [ -f "$RUN/checkpoint.safetensors" ] || [ -f "$KIT/run/checkpoint.safetensors" ]; then
-  if [ ! -f "$RUN/checkpoint.safetensors" ]; then mkdir -p "$RUN" && cp "$KIT"/run/* "$RUN/"; fi
+# The run's state: in the kit (a run outside the repository) or in the checkout (training/anthos).
+SRC=$KIT/run
+[ -d "$SRC" ] || SRC=$ROOT/$(cat "$KIT/run.path" 2>/dev/null || echo training/anthos)
+if [ -f "$RUN/checkpoint.safetensors" ] || [ -f "$SRC/checkpoint.safetensors" ]; then
+  if [ ! -f "$RUN/checkpoint.safetensors" ]; then mkdir -p "$RUN" && cp "$SRC"/* "$RUN/"; fi
   FLAGS=(--resume)
 elif [ -f "$KIT/run.fresh" ]; then
   FLAGS=(--preset anthos --data "$(cat "$KIT/run.fresh")")
@@ -111,10 +117,11 @@ else
     run 4_train $((left + 30)) "${D[@]}" tasks/train.ts "${FLAGS[@]}" --out "$RUN" \
       --export "$STAGED/weights" --backend webgpu --max-minutes "$minutes" --sample-every 0 \
       --log-every 100 ${TRAIN_ARGS:-}
-    mkdir -p "$OUT/run" "$OUT/weights"
+    # The EMA weights are exported again here from the checkpoint (deno task convert), so only
+    # the run comes back: at most 8 files leave the machine.
+    mkdir -p "$OUT/run"
     cp "$RUN"/checkpoint.safetensors "$RUN"/*.json* "$OUT/run/" 2>/dev/null
-    cp "$STAGED"/weights/* "$OUT/weights/" 2>/dev/null
-    ls -la "$OUT/run" "$OUT/weights"
+    ls -la "$OUT/run"
   else
     echo "no time left to train ($left s)"
   fi

@@ -16,7 +16,7 @@ NEW_DATA=${2:-}
 SHARED=${ANTHOS_SHARED:-../shared}
 KIT=.gpu-kit
 LIMIT=$((64 * 1024 * 1024))
-PART=$((60 * 1024 * 1024))
+MARGIN=$((512 * 1024))
 [ -f deno.json ] && [ -d bench/gpu ] || { echo "pack.sh: run it from the project root" >&2; exit 2; }
 [ -f "$SHARED/gpu_probe/torch_anchor.py" ] || {
   echo "pack.sh: $SHARED/gpu_probe/torch_anchor.py missing: set ANTHOS_SHARED to the shared folder" >&2
@@ -66,10 +66,14 @@ cp bench/gpu/job.sh "$KIT/job.sh.packed" # the job as packed (job.sh runs from t
 # The run to continue, and its data.
 DATA=()
 if [ -f "$RUN/checkpoint.safetensors" ]; then
-  mkdir -p "$KIT/run"
-  for f in checkpoint.safetensors run.json log.jsonl ledger.jsonl; do
-    [ -f "$RUN/$f" ] && cp "$RUN/$f" "$KIT/run/"
-  done
+  # A run kept in the repository (training/anthos) travels with the checkout; any other (runs/,
+  # ignored by git) goes into the kit.
+  if [ -z "$(git ls-files "$RUN/checkpoint.safetensors")" ]; then
+    mkdir -p "$KIT/run"
+    for f in checkpoint.safetensors run.json log.jsonl ledger.jsonl; do
+      [ -f "$RUN/$f" ] && cp "$RUN/$f" "$KIT/run/"
+    done
+  fi
   echo "$RUN" > "$KIT/run.path"
   # The caches named by run.json, stored by index with their recorded paths (resume checks them).
   mapfile -t DATA < <(deno eval 'const i = JSON.parse(Deno.readTextFileSync(Deno.args[0]));
@@ -94,22 +98,71 @@ if [ "${#DATA[@]}" -gt 0 ]; then
     echo "data$k.safetensors $f" >> "$STAGE/paths.txt"
   done
   ( cd "$STAGE" && sha256sum data*.safetensors > sha256.txt
-    tar -chf - paths.txt sha256.txt data*.safetensors ) | split -b "$PART" -d -a 1 - "$DD/part"
-  n=$(ls "$DD"/part* | wc -l)
+    tar -chf - paths.txt sha256.txt data*.safetensors ) > "$DD/data.tar"
+  # Every call carries the checkout too (tracked and untracked files git does not ignore: the
+  # run's checkpoint and weights/ are in it). The first part rides with the kit in the call that
+  # benches; each later part fills a call of its own.
+  TREE=$(git ls-files -z -co --exclude-standard | xargs -0 stat -c %s 2>/dev/null |
+    awk '{ s += $1 } END { print s + 0 }')
+  KIT_SIZE=$(du -sb "$KIT" | cut -f1)
+  FIRST=$((LIMIT - MARGIN - TREE - KIT_SIZE))
+  REST=$((LIMIT - MARGIN - TREE))
+  [ "$REST" -gt $((1024 * 1024)) ] || { echo "pack.sh: the checkout alone ($TREE bytes) fills a call" >&2; exit 1; }
+  [ "$FIRST" -gt 0 ] || FIRST=0
+  total=$(stat -c %s "$DD/data.tar")
   i=1
-  for p in "$DD"/part*; do
+  off=0
+  while [ "$off" -lt "$total" ]; do
+    size=$([ "$i" -eq 1 ] && echo "$FIRST" || echo "$REST")
+    [ "$size" -gt 0 ] || { i=$((i + 1)); continue; }
     mkdir -p ".gpu-data-$i"
-    mv "$p" ".gpu-data-$i/part"
-    echo "$i $n" > ".gpu-data-$i/index"
+    tail -c +$((off + 1)) "$DD/data.tar" | head -c "$size" > ".gpu-data-$i/part"
+    off=$((off + size))
     i=$((i + 1))
+  done
+  n=$(ls -d .gpu-data-* | wc -l)
+  k=1
+  for d in $(ls -d .gpu-data-* | sort -t- -k3 -n); do
+    [ "$d" = ".gpu-data-$k" ] || mv "$d" ".gpu-data-$k"
+    echo "$k $n" > ".gpu-data-$k/index"
+    k=$((k + 1))
   done
 else
   echo "note: no $RUN/checkpoint.safetensors and no DATA: the kit benchmarks only"
 fi
 
+TREE=${TREE:-$(git ls-files -z -co --exclude-standard | xargs -0 stat -c %s 2>/dev/null |
+  awk '{ s += $1 } END { print s + 0 }')}
+echo "checkout: $((TREE / 1024 / 1024)) MiB (travels with every call)"
 for d in "$KIT" .gpu-data-*; do
   [ -d "$d" ] || continue
   size=$(du -sb "$d" | cut -f1)
   echo "$d: $((size / 1024 / 1024)) MiB"
-  [ "$size" -le "$LIMIT" ] || { echo "pack.sh: $d is over 64 MiB: one device call cannot carry it" >&2; exit 1; }
+  [ $((size + TREE)) -le "$LIMIT" ] || { echo "pack.sh: $d + the checkout is over 64 MiB: one device call cannot carry it" >&2; exit 1; }
 done
+# The device calls, in order (back to back: the machine goes back after ~30 s idle).
+parts=$(ls -d .gpu-data-* 2>/dev/null | sort -t- -k3 -n)
+np=$(echo "$parts" | grep -c . || true)
+echo "device calls:"
+if [ "$np" -eq 0 ]; then
+  echo "  1. run(command=\"bash bench/gpu/job.sh\", carry=[\".gpu-kit\"], timeout_s=600)"
+else
+  first=$([ -f .gpu-data-1/part ] && [ $(( $(du -sb "$KIT" | cut -f1) + $(du -sb .gpu-data-1 | cut -f1) + TREE )) -le "$LIMIT" ] && echo 1 || echo 0)
+  c=1
+  if [ "$first" = 1 ]; then
+    echo "  $c. run(command=\"bash bench/gpu/job.sh stage .gpu-data-1; JOB_SECONDS=450 bash bench/gpu/job.sh\", carry=[\".gpu-kit\", \".gpu-data-1\"], timeout_s=480)"
+  else
+    echo "  $c. run(command=\"JOB_SECONDS=450 bash bench/gpu/job.sh\", carry=[\".gpu-kit\"], timeout_s=480)"
+  fi
+  for d in $parts; do
+    k=${d#.gpu-data-}
+    [ "$k" = 1 ] && [ "$first" = 1 ] && continue
+    c=$((c + 1))
+    if [ "$k" = "$np" ]; then
+      echo "  $c. run(command=\"bash bench/gpu/job.sh stage $d; SKIP_BENCH=1 JOB_SECONDS=<budget_left_s - 60, at most 575> bash bench/gpu/job.sh\", carry=[\"$d\"], timeout_s=600)"
+    else
+      echo "  $c. run(command=\"bash bench/gpu/job.sh stage $d\", carry=[\"$d\"], timeout_s=120)"
+    fi
+  done
+  echo "  then give_back(), or one more SKIP_BENCH=1 call to use what is left"
+fi

@@ -25,6 +25,51 @@ export interface WeightsConfig {
   training?: Record<string, unknown>;
 }
 
+/** How far the training behind a weights folder got, from `config.json`'s `training`. */
+export interface ModelStatus {
+  /** Steps trained. */
+  step: number;
+  /** Steps of the recipe. */
+  steps: number;
+  /** Whether the recipe ran to its end. */
+  complete: boolean;
+  /** EMA validation loss at `step`, if measured. */
+  valLoss: number | null;
+  /** One line for people, e.g. "early checkpoint: step 638 of 120,000 (0.5%) ...". */
+  text: string;
+}
+
+/**
+ * Where the training behind `config` stands, or null when `config.json` does not say (weights
+ * made elsewhere). An unfinished run's weights load and sample like any others; this is how
+ * tasks and the demo page say that their images are not flowers yet.
+ *
+ * @example
+ * ```ts
+ * import { defaultWeightsConfig, modelStatus } from "./weights.ts";
+ * const s = modelStatus({ ...defaultWeightsConfig(), training: { step: 638, steps: 120000 } });
+ * if (!s || s.complete || !s.text.startsWith("early checkpoint")) throw new Error("unfinished");
+ * ```
+ */
+export function modelStatus(config: WeightsConfig): ModelStatus | null {
+  const t = config.training ?? {};
+  const { step, steps } = t;
+  // Only what the exporter writes counts (integers); anything else claims nothing.
+  if (!Number.isInteger(step) || !Number.isInteger(steps) || (steps as number) <= 0) return null;
+  const valLoss = typeof t.valLoss === "number" ? t.valLoss : null;
+  const n = (x: number) => x.toLocaleString("en-US");
+  const where = typeof t.device === "string" ? ` on ${t.device}` : "";
+  const loss = valLoss === null ? "" : `, EMA validation loss ${valLoss.toFixed(4)}`;
+  const [done, total] = [step as number, steps as number];
+  const complete = done >= total;
+  const text = complete
+    ? `trained: ${n(done)} steps${where}${loss}`
+    : `early checkpoint: step ${n(done)} of ${n(total)} (${(100 * done / total).toFixed(1)}%)` +
+      `${where}${loss}; the run goes on in later GPU slots, and until it is far along the ` +
+      `images are not flowers yet`;
+  return { step: done, steps: total, complete, valLoss, text };
+}
+
 /**
  * The published model's config (DiT-Nano/2 on sd-vae-ft-ema latents, Heun 50, CFG 4.0).
  *

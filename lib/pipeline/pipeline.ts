@@ -27,7 +27,7 @@ import {
 } from "../io/pixels.ts";
 import { writeFileAtomic } from "../io/fs.ts";
 import { checkSeed, deriveSeed, IMAGE_NOISE_STREAM, Rng } from "../runtime/rng.ts";
-import type { WeightsConfig } from "../model/weights.ts";
+import { type ModelStatus, modelStatus, type WeightsConfig } from "../model/weights.ts";
 import { markMissing } from "../runtime/errors.ts";
 
 // This module runs unchanged in the browser demo (web/): it imports nothing that needs Deno or
@@ -219,6 +219,21 @@ export class AnthosPipeline {
   readonly classes: ClassNames;
   /** `weights/config.json` (architecture, sampling defaults, latent space). */
   readonly config: WeightsConfig;
+
+  /**
+   * How far the training behind these weights got (null when config.json does not say): an
+   * early checkpoint of a run samples fine, but its images are not flowers yet.
+   *
+   * @example
+   * ```ts
+   * import { AnthosPipeline } from "./pipeline.ts";
+   * const pipe = await AnthosPipeline.load();
+   * console.log(pipe.status?.text ?? "weights without training provenance");
+   * ```
+   */
+  get status(): ModelStatus | null {
+    return modelStatus(this.config);
+  }
 
   private constructor(model: DiT, vae: Autoencoder, classes: ClassNames, config: WeightsConfig) {
     this.model = model;

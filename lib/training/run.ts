@@ -33,6 +33,7 @@ import { checkpointInfo } from "./checkpoint.ts";
 import { exportCheckpoint } from "./export.ts";
 import {
   evaluationGrid,
+  HELD_OUT_FRACTION,
   heldOutSplit,
   type LatentSplit,
   selectLatents,
@@ -197,6 +198,72 @@ export class RunFolder {
   async writeInfo(info: RunInfo): Promise<void> {
     await writeFileAtomic(this.info, JSON.stringify(info, null, 2) + "\n");
   }
+
+  /**
+   * The provenance of the run's state at `step` as recorded on disk (`run.json`, the ledger line
+   * that ended at `step`, the log's validation at `step`), for exporting a checkpoint after the
+   * session that wrote it, e.g. one trained on a GPU machine and copied here. Null without
+   * `run.json`.
+   */
+  async provenance(step: number, batchSize: number): Promise<TrainingProvenance | null> {
+    const info = await this.readInfo();
+    if (!info) return null;
+    const slot = (await readLedger(this.ledger)).findLast((l) => l.stepsTo === step);
+    const logged = (await readLog(this.log)).findLast((r) => r.step === step && r.valBuckets);
+    return trainingProvenance(info, {
+      step,
+      batchSize,
+      backend: slot?.backend ?? null,
+      device: slot?.device ?? null,
+      valLoss: slot?.valLoss ?? logged?.valLoss ?? null,
+      valBuckets: logged?.valBuckets ?? null,
+      run: this.dir,
+    });
+  }
+}
+
+/** `config.json`'s `training` provenance, beyond the recipe that the export writes itself. */
+export interface TrainingProvenance extends Record<string, unknown> {
+  preset: string;
+  data: string[];
+  samplesSeen: number;
+  phase: number;
+  phases: { startStep: number; data: string[] }[];
+  backend: string | null;
+  device: string | null;
+  valLoss: number | null;
+  valBuckets: number[] | null;
+  heldOutFraction: number;
+  run: string;
+}
+
+/** What a session knows beyond `run.json`: where the run stands and what measured it. */
+interface SessionFacts {
+  step: number;
+  batchSize: number;
+  backend: string | null;
+  device: string | null;
+  valLoss: number | null;
+  valBuckets: number[] | null;
+  run: string;
+}
+
+/** The one place that lays out the provenance (the live session and a later export share it). */
+function trainingProvenance(info: RunInfo, s: SessionFacts): TrainingProvenance {
+  const phase = info.phases.findLast((p) => p.startStep <= s.step) ?? info.phases[0];
+  return {
+    preset: info.preset,
+    data: info.data,
+    samplesSeen: s.step * s.batchSize,
+    phase: phase?.index ?? 0,
+    phases: info.phases.map((p) => ({ startStep: p.startStep, data: p.data })),
+    backend: s.backend,
+    device: s.device,
+    valLoss: s.valLoss,
+    valBuckets: s.valBuckets,
+    heldOutFraction: info.heldOutFraction ?? HELD_OUT_FRACTION,
+    run: s.run,
+  };
 }
 
 // ---------------------------------------------------------------- log.jsonl
@@ -777,17 +844,17 @@ export class TrainingRun {
         }
         : {}),
       training: {
-        preset: this.info.preset,
-        data: this.info.data,
-        samplesSeen: trainer.step * trainer.config.batchSize,
+        ...trainingProvenance(this.info, {
+          step: trainer.step,
+          batchSize: trainer.config.batchSize,
+          backend: backend.name,
+          device,
+          valLoss: val?.loss ?? null,
+          valBuckets: val?.buckets ?? null,
+          run: this.folder.dir,
+        }),
         phase: this.phase.index,
-        phases: this.info.phases.map((p) => ({ startStep: p.startStep, data: p.data })),
-        backend: backend.name,
-        device,
-        valLoss: val?.loss ?? null,
-        valBuckets: val?.buckets ?? null,
         heldOutFraction: this.split.fraction,
-        run: this.folder.dir,
       },
       classesFile: options.classesFile,
     });
