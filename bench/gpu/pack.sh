@@ -116,7 +116,8 @@ if [ "${#DATA[@]}" -gt 0 ]; then
     size=$([ "$i" -eq 1 ] && echo "$FIRST" || echo "$REST")
     [ "$size" -gt 0 ] || { i=$((i + 1)); continue; }
     mkdir -p ".gpu-data-$i"
-    tail -c +$((off + 1)) "$DD/data.tar" | head -c "$size" > ".gpu-data-$i/part"
+    dd if="$DD/data.tar" of=".gpu-data-$i/part" bs=1M iflag=skip_bytes,count_bytes \
+      skip="$off" count="$size" status=none
     off=$((off + size))
     i=$((i + 1))
   done

@@ -62,9 +62,20 @@ function fused(
   return tf.customGrad(viewing as any) as unknown as (...inputs: tf.Tensor[]) => tf.Tensor;
 }
 
-/** Sum over all leading axes as one product `ones[1, M] @ x[M, C]` -> `[C]` (fast on XNNPACK). */
+/**
+ * Sum over all leading axes as one product `ones[1, M] @ x[M, C]` -> `[C]` (fast on XNNPACK). On
+ * webgpu a long M is summed in slices first (see {@link splitKWeightGrad}): tfjs-webgpu would run
+ * `ones[1, M] @ x` for 128 < C <= 256 as its atomic split-K, whose sums differ run to run.
+ */
 function sumRows(x: tf.Tensor2D): tf.Tensor1D {
   const [m, c] = x.shape;
+  const s = tf.getBackend() === "webgpu" ? splitKSlices(m) : 1;
+  if (s > 1) {
+    return tf.tidy(() => {
+      const parts = tf.matMul(tf.ones([s, 1, m / s]), tf.reshape(x, [s, m / s, c])); // [S, 1, C]
+      return sumRows(tf.reshape(parts, [s, c]) as tf.Tensor2D); // [C]
+    });
+  }
   return tf.reshape(gemm(tf.ones([1, m]), x), [c]); // [C]
 }
 
@@ -130,6 +141,9 @@ function sharedTranspose(x: tf.Tensor): tf.Tensor {
  */
 function linearParamGrads(x: tf.Tensor2D, dy: tf.Tensor2D): [tf.Tensor2D, tf.Tensor1D] {
   const [m, out] = dy.shape;
+  if (tf.getBackend() === "webgpu" && splitKSlices(m) > 1) {
+    return [splitKWeightGrad(x, dy), sumRows(dy)];
+  }
   // The system BLAS reads x transposed in place and packs nothing across calls.
   if (activeBlas()) return [gemm(x, dy, { transposeA: true }) as tf.Tensor2D, sumRows(dy)];
   if (out <= x.shape[1]) {
@@ -140,6 +154,41 @@ function linearParamGrads(x: tf.Tensor2D, dy: tf.Tensor2D): [tf.Tensor2D, tf.Ten
     transposeLast(tf.matMul(dyT, x)) as tf.Tensor2D, // [in, out]
     tf.reshape(tf.matMul(dyT, tf.ones([m, 1])), [out]) as tf.Tensor1D, // [out]
   ];
+}
+
+/** Rows of one slice of a split-K weight gradient on webgpu ({@link splitKWeightGrad}). */
+export const SPLIT_K_ROWS = 1024;
+
+/** How many slices of {@link SPLIT_K_ROWS} rows `x^T @ dy` splits into on webgpu (1: none). */
+function splitKSlices(m: number): number {
+  return m >= 2 * SPLIT_K_ROWS && m % SPLIT_K_ROWS === 0 ? m / SPLIT_K_ROWS : 1;
+}
+
+/**
+ * `x^T @ dy` for `x [M, in]`, `dy [M, out]` with M in the tens of thousands (every token of the
+ * batch) as one batched product over slices of {@link SPLIT_K_ROWS} rows, then a sum of the
+ * slices. Why: tfjs-webgpu tiles a product's output by 32 x 32, so a `[96, 96]` weight gradient
+ * runs on 9 workgroups that each loop over all M rows, leaving a big GPU idle (its own split-K
+ * starts only at <= 8 tiles and adds with atomics, so its sums change from run to run). Sliced,
+ * the same product runs on M / 1024 times as many workgroups, and the sum order is fixed.
+ *
+ * @example
+ * ```ts
+ * import * as tf from "@tensorflow/tfjs-core";
+ * import { splitKWeightGrad } from "./kernels.ts";
+ * const g = splitKWeightGrad(tf.ones([2048, 3]), tf.ones([2048, 2])); // [3, 2], every value 2048
+ * ```
+ */
+export function splitKWeightGrad(x: tf.Tensor2D, dy: tf.Tensor2D): tf.Tensor2D {
+  const [m, i] = x.shape;
+  const o = dy.shape[1];
+  const s = splitKSlices(m);
+  if (s === 1) return tf.matMul(x, dy, true, false); // [in, out]
+  return tf.tidy(() => {
+    const r = m / s;
+    const parts = tf.matMul(tf.reshape(x, [s, r, i]), tf.reshape(dy, [s, r, o]), true, false); // [S, in, out]
+    return tf.reshape(sumRows(tf.reshape(parts, [s, i * o])), [i, o]); // [in, out]
+  });
 }
 
 const linearOp = fused(

@@ -1,0 +1,106 @@
+// The closed-form linear layer of lib/model/kernels.ts: its gradients (dx, dW, db) against plain
+// float64 sums in JS, at a row count that takes webgpu's split-K weight gradient (M = 4,096: four
+// slices of 1,024 rows) and one that does not (M = 1,000), on webgpu and wasm.
+import * as tf from "@tensorflow/tfjs-core";
+import "@tensorflow/tfjs"; // the gradients of the core ops (tf.sum, tf.mul), as dit.ts does
+import { assert, assertEquals, assertLess } from "./_assert.ts";
+import { type BackendName } from "../lib/runtime/backend.ts";
+import { linearBias, SPLIT_K_ROWS, splitKWeightGrad } from "../lib/model/kernels.ts";
+import { Rng } from "../lib/runtime/rng.ts";
+import { relErr, useBackend } from "./_shared.ts";
+
+/** `shape`'s worth of seeded standard normals. */
+const seededNormal = (shape: number[], seed: number) =>
+  new Rng(seed).normalArray(shape.reduce((a, b) => a * b, 1));
+
+/** x^T @ r, sum_rows(r) and r @ w^T in float64, straight from the definitions. */
+function reference(
+  x: Float32Array,
+  w: Float32Array,
+  r: Float32Array,
+  m: number,
+  i: number,
+  o: number,
+) {
+  const dw = new Float64Array(i * o);
+  const db = new Float64Array(o);
+  const dx = new Float64Array(m * i);
+  for (let row = 0; row < m; row++) {
+    for (let c = 0; c < o; c++) {
+      const g = r[row * o + c];
+      db[c] += g;
+      for (let k = 0; k < i; k++) {
+        dw[k * o + c] += x[row * i + k] * g;
+        dx[row * i + k] += g * w[k * o + c];
+      }
+    }
+  }
+  return { dw, db, dx };
+}
+
+for (const backend of ["webgpu", "wasm"] as BackendName[]) {
+  for (const m of [4 * SPLIT_K_ROWS, 1000]) {
+    Deno.test(`linear layer gradients on ${backend}, M = ${m}: dx, dW, db match float64 sums`, async () => {
+      if (!(await useBackend(backend))) return;
+      const [i, o] = [96, 192]; // 192 outputs: the bias sum tfjs-webgpu would do with atomics
+      const x = seededNormal([m, i], 1);
+      const w = seededNormal([i, o], 2);
+      const r = seededNormal([m, o], 3); // dL/dy of L = sum(y * r)
+      const before = tf.memory().numTensors;
+      const [xt, wt, bt, rt] = [
+        tf.tensor2d(x, [m, i]),
+        tf.tensor2d(w, [i, o]),
+        tf.zeros([o]) as tf.Tensor1D,
+        tf.tensor2d(r, [m, o]),
+      ];
+      const grads = tf.grads((a, b, c) =>
+        tf.sum(tf.mul(linearBias(a as tf.Tensor2D, b as tf.Tensor2D, c as tf.Tensor1D), rt))
+      );
+      const [gx, gw, gb] = grads([xt, wt, bt]);
+      const ref = reference(x, w, r, m, i, o);
+      assertLess(relErr(await gw.data(), ref.dw), 1e-5, "dW");
+      assertLess(relErr(await gb.data(), ref.db), 1e-5, "db");
+      assertLess(relErr(await gx.data(), ref.dx), 1e-5, "dx");
+      // The split product by itself, and no tensor left behind by either.
+      const direct = splitKWeightGrad(xt, rt);
+      assertEquals(direct.shape, [i, o]);
+      assertLess(relErr(await direct.data(), ref.dw), 1e-5, "splitKWeightGrad");
+      if (backend === "webgpu" && m % SPLIT_K_ROWS === 0) {
+        // The layer's backward took the split product: the very same bits.
+        const bits = async (t: tf.Tensor) =>
+          new Uint32Array((await t.data() as Float32Array).buffer);
+        assertEquals(await bits(gw), await bits(direct));
+      }
+      tf.dispose([xt, wt, bt, rt, gx, gw, gb, direct]);
+      assertEquals(tf.memory().numTensors, before);
+    });
+  }
+}
+
+Deno.test("split-K weight and bias gradients: fixed sum order, the same bits on every call (webgpu)", async () => {
+  if (!(await useBackend("webgpu"))) return;
+  const m = 8 * SPLIT_K_ROWS;
+  const x = tf.tensor2d(seededNormal([m, 32], 4), [m, 32]);
+  const dy = tf.tensor2d(seededNormal([m, 48], 5), [m, 48]);
+  const runs: Uint32Array[] = [];
+  for (let k = 0; k < 3; k++) {
+    const g = splitKWeightGrad(x, dy);
+    runs.push(new Uint32Array((await g.data() as Float32Array).buffer.slice(0)));
+    g.dispose();
+  }
+  assert(runs[1].every((v, j) => v === runs[0][j]) && runs[2].every((v, j) => v === runs[0][j]));
+  // The bias gradient of a 192-wide layer (tfjs's own product would add with atomics).
+  const w = tf.zeros([32, 192]);
+  const b = tf.zeros([192]);
+  const r = tf.tensor2d(seededNormal([m, 192], 6), [m, 192]);
+  const db: Uint32Array[] = [];
+  for (let k = 0; k < 3; k++) {
+    const g = tf.grad((bb) =>
+      tf.sum(tf.mul(linearBias(x, w as tf.Tensor2D, bb as tf.Tensor1D), r))
+    )(b);
+    db.push(new Uint32Array((await g.data() as Float32Array).buffer.slice(0)));
+    g.dispose();
+  }
+  assert(db[1].every((v, j) => v === db[0][j]) && db[2].every((v, j) => v === db[0][j]));
+  tf.dispose([x, dy, w, b, r]);
+});
