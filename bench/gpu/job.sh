@@ -79,10 +79,12 @@ if [ "${SKIP_BENCH:-0}" = 1 ]; then
 elif [ "$SMOKE" = 1 ]; then
   BENCH_ARGS=${BENCH_ARGS:---batches 2 --steps 2 --sample-batch 2 --no-torch --no-vae}
   run 2_bench 300 "${D[@]}" tasks/bench.ts --backends webgpu $BENCH_ARGS
+  run 2b_ops 120 env SMOKE=1 "${D[@]}" bench/gpu/ops.ts
   run 3_torch 120 env SMOKE=1 /usr/bin/python3 "$KIT/torch_anchor.py"
 else
   BENCH_ARGS=${BENCH_ARGS:---batches 256 --steps 20 --sample-batch 64 --no-torch --no-vae}
   run 2_bench 200 "${D[@]}" tasks/bench.ts --backends webgpu $BENCH_ARGS
+  run 2b_ops 90 "${D[@]}" bench/gpu/ops.ts # where a step's time goes (phases, products)
   run 3_torch 110 env PYTHONUNBUFFERED=1 python3 "$KIT/torch_anchor.py"
 fi
 
