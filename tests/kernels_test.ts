@@ -1,11 +1,21 @@
-// The closed-form linear layer of lib/model/kernels.ts: its gradients (dx, dW, db) against plain
-// float64 sums in JS, at a row count that takes webgpu's split-K weight gradient (M = 4,096: four
-// slices of 1,024 rows) and one that does not (M = 1,000), on webgpu and wasm.
+// The closed-form layers of lib/model/kernels.ts. The linear layer's gradients (dx, dW, db) against
+// plain float64 sums in JS, at a row count that takes webgpu's split-K weight gradient (M = 4,096:
+// four slices of 1,024 rows) and one that does not (M = 1,000), on webgpu and wasm; the WGSL
+// layers of kernels_webgpu.ts (LayerNorm, with modulation, SwiGLU gate, gated residual) against
+// plain tf ops differentiated by tfjs on the cpu backend.
 import * as tf from "@tensorflow/tfjs-core";
 import "@tensorflow/tfjs"; // the gradients of the core ops (tf.sum, tf.mul), as dit.ts does
 import { assert, assertEquals, assertLess } from "./_assert.ts";
 import { type BackendName } from "../lib/runtime/backend.ts";
-import { linearBias, SPLIT_K_ROWS, splitKWeightGrad } from "../lib/model/kernels.ts";
+import {
+  gatedResidual,
+  layerNormFused,
+  layerNormModulate,
+  linearBias,
+  SPLIT_K_ROWS,
+  splitKWeightGrad,
+  swigluGate,
+} from "../lib/model/kernels.ts";
 import { Rng } from "../lib/runtime/rng.ts";
 import { relErr, useBackend } from "./_shared.ts";
 
@@ -104,3 +114,73 @@ Deno.test("split-K weight and bias gradients: fixed sum order, the same bits on 
   assert(db[1].every((v, j) => v === db[0][j]) && db[2].every((v, j) => v === db[0][j]));
   tf.dispose([x, dy, w, b, r]);
 });
+
+/** The layers as plain tf ops (autodiff), the reference for the fused and WGSL versions. */
+const plainLayers = {
+  layerNorm: (x: tf.Tensor) => {
+    const { mean, variance } = tf.moments(x, -1, true);
+    return tf.mul(tf.sub(x, mean), tf.rsqrt(tf.add(variance, 1e-6)));
+  },
+  modulate: (x: tf.Tensor, shift: tf.Tensor, scale: tf.Tensor) => {
+    const [n, d] = shift.shape;
+    return tf.add(tf.mul(x, tf.add(tf.reshape(scale, [n, 1, d]), 1)), tf.reshape(shift, [n, 1, d]));
+  },
+};
+const layerCases: {
+  name: string;
+  shapes: number[][];
+  fused: (...x: tf.Tensor[]) => tf.Tensor;
+  plain: (...x: tf.Tensor[]) => tf.Tensor;
+}[] = [
+  {
+    name: "layerNorm",
+    shapes: [[8, 256, 24]],
+    fused: (x) => layerNormFused(x, 1e-6),
+    plain: (x) => plainLayers.layerNorm(x),
+  },
+  {
+    name: "layerNorm + modulate",
+    shapes: [[3, 256, 96], [3, 96], [3, 96]],
+    fused: (x, sh, sc) =>
+      layerNormModulate(x as tf.Tensor3D, sh as tf.Tensor2D, sc as tf.Tensor2D, 1e-6),
+    plain: (x, sh, sc) => plainLayers.modulate(plainLayers.layerNorm(x), sh, sc),
+  },
+  {
+    name: "SwiGLU gate",
+    shapes: [[3, 256, 192], [3, 256, 192]],
+    fused: (a, b) => swigluGate(a, b),
+    plain: (a, b) => tf.mul(tf.mul(a, tf.sigmoid(a)), b),
+  },
+  {
+    name: "gated residual",
+    shapes: [[3, 256, 96], [3, 96], [3, 256, 96]],
+    fused: (x, g, h) => gatedResidual(x as tf.Tensor3D, g as tf.Tensor2D, h as tf.Tensor3D),
+    plain: (x, g, h) => tf.add(x, tf.mul(tf.reshape(g, [3, 1, 96]), h)),
+  },
+];
+for (const c of layerCases) {
+  Deno.test(`${c.name} on webgpu (WGSL kernels): value and gradients match plain tf ops on cpu`, async () => {
+    const inputs = c.shapes.map((s, k) => seededNormal(s, 10 + k));
+    const r = seededNormal([c.shapes[0].reduce((a, b) => a * b, 1)], 99); // dL/dy
+    const run = async (backend: BackendName, f: (...x: tf.Tensor[]) => tf.Tensor) => {
+      if (!(await useBackend(backend))) return null;
+      const before = tf.memory().numTensors;
+      const ts = inputs.map((v, k) => tf.tensor(v, c.shapes[k]));
+      const rt = tf.tensor(r);
+      const y = tf.tidy(() => f(...ts)); // tidy: customGrad keeps its saved views outside a tape
+      const g = tf.grads((...xs: tf.Tensor[]) => tf.sum(tf.mul(tf.reshape(f(...xs), [-1]), rt)))(
+        ts,
+      );
+      const out = [await y.data(), ...await Promise.all(g.map((t) => t.data()))];
+      tf.dispose([...ts, rt, y, ...g]);
+      assertEquals(tf.memory().numTensors, before);
+      return out;
+    };
+    const got = await run("webgpu", c.fused);
+    const want = await run("cpu", c.plain);
+    if (!got || !want) return;
+    for (let k = 0; k < want.length; k++) {
+      assertLess(relErr(got[k], want[k]), 2e-5, `${c.name}: ${k === 0 ? "value" : `grad ${k}`}`);
+    }
+  });
+}

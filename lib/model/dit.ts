@@ -23,6 +23,7 @@ import {
   attentionCore,
   gatedResidual,
   layerNormFused,
+  layerNormModulate,
   linearBias,
   modulateFused,
   swigluGate,
@@ -426,10 +427,18 @@ function swiglu(x: tf.Tensor, p: BlockParams["mlp"]): tf.Tensor {
 function ditBlock(x: tf.Tensor, c: tf.Tensor, p: BlockParams, heads: number): tf.Tensor {
   const mod = linear(silu(c), p.adaLNModulation); // [N, 6D]
   const [shiftMsa, scaleMsa, gateMsa, shiftMlp, scaleMlp, gateMlp] = tf.split(mod, 6, 1); // 6 x [N, D]
-  const h = attention(modulate(layerNorm(x), shiftMsa, scaleMsa), p.attn, heads); // [N, T, D]
+  const h = attention(normModulate(x, shiftMsa, scaleMsa), p.attn, heads); // [N, T, D]
   x = residual(x, gateMsa, h);
-  const m = swiglu(modulate(layerNorm(x), shiftMlp, scaleMlp), p.mlp); // [N, T, D]
+  const m = swiglu(normModulate(x, shiftMlp, scaleMlp), p.mlp); // [N, T, D]
   return residual(x, gateMlp, m);
+}
+
+/** modulate(layerNorm(x), shift, scale): the input of each branch (one kernel on webgpu). */
+function normModulate(x: tf.Tensor, shift: tf.Tensor, scale: tf.Tensor): tf.Tensor {
+  if (fusedLayers()) {
+    return layerNormModulate(x as tf.Tensor3D, shift as tf.Tensor2D, scale as tf.Tensor2D, 1e-6);
+  }
+  return modulate(layerNorm(x), shift, scale);
 }
 
 /** x + gate * h, with a per-sample gate `[N, D]` broadcast over tokens. */

@@ -7,7 +7,8 @@
  * needs, and keeps every product a plain XNNPACK product (see matmul.ts). The maths is exactly
  * that of the plain tf ops in dit.ts (to float32 rounding); dit.ts uses these ops on wasm and on
  * webgpu (where they also mean fewer dispatches; see `fusedLayers()` in dit.ts), plain autodiff
- * elsewhere.
+ * elsewhere. On webgpu the row-wise and elementwise ones run as one WGSL kernel each way
+ * (kernels_webgpu.ts).
  *
  * @module
  */
@@ -16,6 +17,14 @@ import * as tf from "@tensorflow/tfjs-core";
 import { activeBlas } from "../runtime/blas.ts";
 import { timeOp } from "../runtime/opstats.ts";
 import { gemm, transposeLast } from "./matmul.ts";
+import {
+  columnSumWgsl,
+  elementwiseWgsl,
+  gateWgsl,
+  layerNormGradWgsl,
+  layerNormWgsl,
+  tokenSumWgsl,
+} from "./kernels_webgpu.ts";
 
 /** What a fused op's body returns: its value and the closed-form gradient. */
 interface Fused {
@@ -64,17 +73,15 @@ function fused(
 
 /**
  * Sum over all leading axes as one product `ones[1, M] @ x[M, C]` -> `[C]` (fast on XNNPACK). On
- * webgpu a long M is summed in slices first (see {@link splitKWeightGrad}): tfjs-webgpu would run
- * `ones[1, M] @ x` for 128 < C <= 256 as its atomic split-K, whose sums differ run to run.
+ * webgpu a WGSL column sum, a long M in slices first (see {@link splitKWeightGrad}): tfjs-webgpu
+ * would run `ones[1, M] @ x` for 128 < C <= 256 as its atomic split-K, whose sums vary run to run.
  */
 function sumRows(x: tf.Tensor2D): tf.Tensor1D {
   const [m, c] = x.shape;
-  const s = tf.getBackend() === "webgpu" ? splitKSlices(m) : 1;
-  if (s > 1) {
-    return tf.tidy(() => {
-      const parts = tf.matMul(tf.ones([s, 1, m / s]), tf.reshape(x, [s, m / s, c])); // [S, 1, C]
-      return sumRows(tf.reshape(parts, [s, c]) as tf.Tensor2D); // [C]
-    });
+  if (onWebGpu()) {
+    const s = splitKSlices(m);
+    if (s === 1) return columnSumWgsl(x) as tf.Tensor1D; // [C]
+    return tf.tidy(() => columnSumWgsl(columnSumWgsl(x, s) as tf.Tensor2D) as tf.Tensor1D); // [S, C] -> [C]
   }
   return tf.reshape(gemm(tf.ones([1, m]), x), [c]); // [C]
 }
@@ -246,7 +253,68 @@ const layerNormOp = fused((x: tf.Tensor, eps: tf.Tensor, save: tf.GradSaveFunc) 
  * ```
  */
 export function layerNormFused(x: tf.Tensor, eps: number): tf.Tensor {
+  if (onWebGpu()) return layerNormGpuOps(eps).plain(x);
   return layerNormOp(x, tf.scalar(eps));
+}
+
+/** Whether the WGSL kernels of kernels_webgpu.ts apply. */
+function onWebGpu(): boolean {
+  return tf.getBackend() === "webgpu";
+}
+
+/** The webgpu LayerNorm ops for one epsilon (a closure value: no scalar tensor to read back). */
+function layerNormGpuOps(eps: number) {
+  let ops = gpuOpsByEps.get(eps);
+  if (ops) return ops;
+  ops = {
+    plain: fused((x: tf.Tensor, save: tf.GradSaveFunc) => {
+      save([x]);
+      return {
+        value: layerNormWgsl(x, eps), // [..., D]
+        gradFunc: (dy: tf.Tensor, [sx]: tf.Tensor[]) => [layerNormGradWgsl(sx, dy, eps)],
+      };
+    }),
+    modulated: fused((x: tf.Tensor, shift: tf.Tensor, scale: tf.Tensor, save: tf.GradSaveFunc) => {
+      save([x, scale]);
+      return {
+        value: layerNormWgsl(x, eps, { shift, scale }), // [N, T, D]
+        gradFunc: (dy: tf.Tensor, [sx, ss]: tf.Tensor[]) => [
+          layerNormGradWgsl(sx, dy, eps, ss), // dx  [N, T, D]
+          tokenSumWgsl(dy, null, "plain"), // dshift = sum over tokens of dy  [N, D]
+          tokenSumWgsl(dy, sx, "normed", eps), // dscale = sum over tokens of dy * LN(x)  [N, D]
+        ],
+      };
+    }),
+  };
+  gpuOpsByEps.set(eps, ops);
+  return ops;
+}
+const gpuOpsByEps = new Map<
+  number,
+  { plain: (x: tf.Tensor) => tf.Tensor; modulated: (...x: tf.Tensor[]) => tf.Tensor }
+>();
+
+/**
+ * `layerNorm(x) * (1 + scale) + shift` (the adaLN input of each attention and MLP branch) for
+ * `x [N, T, D]` and per-sample `shift`, `scale` `[N, D]`: on webgpu one WGSL kernel forward and
+ * three backward; elsewhere {@link layerNormFused} then {@link modulateFused}.
+ *
+ * @example
+ * ```ts
+ * import * as tf from "@tensorflow/tfjs-core";
+ * import { layerNormModulate } from "./kernels.ts";
+ * const y = layerNormModulate(tf.tensor3d([[[1, 2, 3]]]), tf.ones([1, 3]), tf.zeros([1, 3]), 1e-6);
+ * // ~[[[-0.22, 1, 2.22]]]
+ * ```
+ */
+export function layerNormModulate(
+  x: tf.Tensor3D,
+  shift: tf.Tensor2D,
+  scale: tf.Tensor2D,
+  eps: number,
+): tf.Tensor3D {
+  if (onWebGpu()) return layerNormGpuOps(eps).modulated(x, shift, scale) as tf.Tensor3D;
+  return modulateFused(layerNormFused(x, eps) as tf.Tensor3D, shift, scale);
 }
 
 const modulateOp = fused(
@@ -343,8 +411,28 @@ const swigluGateOp = fused((a: tf.Tensor, b: tf.Tensor, save: tf.GradSaveFunc) =
  * ```
  */
 export function swigluGate(a: tf.Tensor, b: tf.Tensor): tf.Tensor {
-  return swigluGateOp(a, b);
+  return onWebGpu() ? swigluGateGpuOp(a, b) : swigluGateOp(a, b);
 }
+
+/** WGSL: the sigmoid of A[i], as tfjs-webgpu computes it. */
+const SIG = "let sg = 1.0 / (1.0 + exp(-1.0 * A[i]));";
+
+const swigluGateGpuOp = fused((a: tf.Tensor, b: tf.Tensor, save: tf.GradSaveFunc) => {
+  save([a, b]);
+  return {
+    value: elementwiseWgsl("swiglu", { A: a, B: b }, "(A[i] * sg) * B[i]", SIG),
+    gradFunc: (dy: tf.Tensor, [sa, sb]: tf.Tensor[]) => [
+      // d silu(a) / da = sig * (1 + a * (1 - sig)).
+      elementwiseWgsl(
+        "swiglu_da",
+        { A: sa, B: sb, DY: dy },
+        "(DY[i] * B[i]) * (sg * (A[i] * (1.0 - sg) + 1.0))",
+        SIG,
+      ),
+      elementwiseWgsl("swiglu_db", { A: sa, DY: dy }, "DY[i] * (A[i] * sg)", SIG),
+    ],
+  };
+});
 
 const gatedResidualOp = fused(
   (x: tf.Tensor, gate: tf.Tensor, h: tf.Tensor, save: tf.GradSaveFunc) => {
@@ -373,5 +461,19 @@ const gatedResidualOp = fused(
  * ```
  */
 export function gatedResidual(x: tf.Tensor3D, gate: tf.Tensor2D, h: tf.Tensor3D): tf.Tensor3D {
-  return gatedResidualOp(x, gate, h) as tf.Tensor3D;
+  return (onWebGpu() ? gatedResidualGpuOp : gatedResidualOp)(x, gate, h) as tf.Tensor3D;
 }
+
+const gatedResidualGpuOp = fused(
+  (x: tf.Tensor, gate: tf.Tensor, h: tf.Tensor, save: tf.GradSaveFunc) => {
+    save([gate, h]);
+    return {
+      value: gateWgsl(x, gate, h), // x + gate * h  [N, T, D]
+      gradFunc: (dy: tf.Tensor, [sg, sh]: tf.Tensor[]) => [
+        tf.reshape(dy, dy.shape), // dx = dy (as a view)
+        tokenSumWgsl(dy, sh, "product"), // dgate = sum over tokens of dy * h  [N, D]
+        gateWgsl(null, sg, dy), // dh = gate * dy  [N, T, D]
+      ],
+    };
+  },
+);

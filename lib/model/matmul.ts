@@ -169,6 +169,16 @@ export function gemm(a: tf.Tensor, b: tf.Tensor, options: GemmOptions = {}): tf.
     const out = blasGemm(blas, a, b, transposeA, transposeB, bias);
     if (out) return out;
   }
+  if (bias && tf.getBackend() === "webgpu") {
+    // The bias added inside the product's own kernel: one dispatch, the same additions.
+    return tf.fused.matMul({
+      a: a as tf.Tensor3D,
+      b: b as tf.Tensor3D,
+      transposeA,
+      transposeB,
+      bias,
+    });
+  }
   return tf.tidy(() => {
     const p = isWasmBackend()
       ? plainMatmul(transposeA ? transposeLast(a) : a, transposeB ? transposeLast(b) : b)
