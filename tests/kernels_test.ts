@@ -8,6 +8,7 @@ import "@tensorflow/tfjs"; // the gradients of the core ops (tf.sum, tf.mul), as
 import { assert, assertEquals, assertLess } from "./_assert.ts";
 import { type BackendName } from "../lib/runtime/backend.ts";
 import {
+  attentionHeads,
   gatedResidual,
   layerNormFused,
   layerNormModulate,
@@ -152,14 +153,25 @@ const layerCases: {
     plain: (a, b) => tf.mul(tf.mul(a, tf.sigmoid(a)), b),
   },
   {
+    name: "multi-head attention",
+    shapes: [[2, 64, 96], [2, 64, 96], [2, 64, 96]],
+    fused: (q, k, v) => attentionHeads(q as tf.Tensor3D, k as tf.Tensor3D, v as tf.Tensor3D, 4),
+    plain: (q, k, v) => {
+      const heads = (x: tf.Tensor) => tf.transpose(tf.reshape(x, [2, 64, 4, 24]), [0, 2, 1, 3]); // [N, H, T, hd]
+      const p = tf.softmax(tf.div(tf.matMul(heads(q), heads(k), false, true), Math.sqrt(24)));
+      return tf.reshape(tf.transpose(tf.matMul(p, heads(v)), [0, 2, 1, 3]), [2, 64, 96]);
+    },
+  },
+  {
     name: "gated residual",
     shapes: [[3, 256, 96], [3, 96], [3, 256, 96]],
     fused: (x, g, h) => gatedResidual(x as tf.Tensor3D, g as tf.Tensor2D, h as tf.Tensor3D),
     plain: (x, g, h) => tf.add(x, tf.mul(tf.reshape(g, [3, 1, 96]), h)),
   },
 ];
-for (const c of layerCases) {
-  Deno.test(`${c.name} on webgpu (WGSL kernels): value and gradients match plain tf ops on cpu`, async () => {
+for (const [c, backend] of layerCases.flatMap((c) => [[c, "webgpu"], [c, "wasm"]] as const)) {
+  const what = backend === "webgpu" ? "webgpu (WGSL kernels)" : "wasm (tf ops)";
+  Deno.test(`${c.name} on ${what}: value and gradients match plain tf ops on cpu`, async () => {
     const inputs = c.shapes.map((s, k) => seededNormal(s, 10 + k));
     const r = seededNormal([c.shapes[0].reduce((a, b) => a * b, 1)], 99); // dL/dy
     const run = async (backend: BackendName, f: (...x: tf.Tensor[]) => tf.Tensor) => {
@@ -176,7 +188,7 @@ for (const c of layerCases) {
       assertEquals(tf.memory().numTensors, before);
       return out;
     };
-    const got = await run("webgpu", c.fused);
+    const got = await run(backend, c.fused);
     const want = await run("cpu", c.plain);
     if (!got || !want) return;
     for (let k = 0; k < want.length; k++) {

@@ -21,6 +21,7 @@ import { silu } from "./ops.ts";
 import { isWasmBackend } from "../runtime/backend.ts";
 import {
   attentionCore,
+  attentionHeads,
   gatedResidual,
   layerNormFused,
   layerNormModulate,
@@ -391,6 +392,22 @@ function attention(x: tf.Tensor, p: BlockParams["attn"], heads: number): tf.Tens
   const x2 = tf.reshape(x, [n * t, d]); // [NT, D]
   const ws = tf.split(p.qkv.weight, 3, 1); // 3 x [D, D]
   const bs = tf.split(p.qkv.bias!, 3); // 3 x [D]
+  if (tf.getBackend() === "webgpu") {
+    // WGSL attention on the projections' layout: q/k norms over each head's hd values (rows of
+    // the [NT*H, hd] view), no head transposes (kernels.ts attentionHeads).
+    const [q0, k0, v0] = [0, 1, 2].map((i) =>
+      linearBias(x2 as tf.Tensor2D, ws[i] as tf.Tensor2D, bs[i] as tf.Tensor1D)
+    ); // 3 x [NT, D]
+    const norm = (y: tf.Tensor) =>
+      tf.reshape(layerNorm(tf.reshape(y, [n * t * heads, hd])), [n, t, d]); // [N, T, D]
+    const a = attentionHeads(
+      norm(q0) as tf.Tensor3D,
+      norm(k0) as tf.Tensor3D,
+      tf.reshape(v0, [n, t, d]) as tf.Tensor3D,
+      heads,
+    ); // [N, T, D]
+    return linear(a, p.proj);
+  }
   const [q0, k0, v] = [0, 1, 2].map((i) => {
     const y = fusedLayers()
       ? linearBias(x2 as tf.Tensor2D, ws[i] as tf.Tensor2D, bs[i] as tf.Tensor1D)
@@ -423,9 +440,9 @@ function swiglu(x: tf.Tensor, p: BlockParams["mlp"]): tf.Tensor {
   return linear(gated, p.w3); // [N, T, D]
 }
 
-/** One DiT block with adaLN-Zero conditioning. x: [N, T, D], c: [N, D]. */
-function ditBlock(x: tf.Tensor, c: tf.Tensor, p: BlockParams, heads: number): tf.Tensor {
-  const mod = linear(silu(c), p.adaLNModulation); // [N, 6D]
+/** One DiT block with adaLN-Zero conditioning. x: [N, T, D], sc = silu(c): [N, D]. */
+function ditBlock(x: tf.Tensor, sc: tf.Tensor, p: BlockParams, heads: number): tf.Tensor {
+  const mod = linear(sc, p.adaLNModulation); // [N, 6D]
   const [shiftMsa, scaleMsa, gateMsa, shiftMlp, scaleMlp, gateMlp] = tf.split(mod, 6, 1); // 6 x [N, D]
   const h = attention(normModulate(x, shiftMsa, scaleMsa), p.attn, heads); // [N, T, D]
   x = residual(x, gateMsa, h);
@@ -451,8 +468,8 @@ function residual(x: tf.Tensor, gate: tf.Tensor, h: tf.Tensor): tf.Tensor {
 }
 
 /** Final layer: affine LayerNorm, modulation, projection to p*p*C values per token. */
-function finalLayer(x: tf.Tensor, c: tf.Tensor, p: DiTParams["finalLayer"]): tf.Tensor {
-  const [shift, scale] = tf.split(linear(silu(c), p.adaLNModulation), 2, 1); // 2 x [N, D]
+function finalLayer(x: tf.Tensor, sc: tf.Tensor, p: DiTParams["finalLayer"]): tf.Tensor {
+  const [shift, scale] = tf.split(linear(sc, p.adaLNModulation), 2, 1); // 2 x [N, D]
   const normed = tf.add(tf.mul(layerNorm(x), p.normFinal.weight), p.normFinal.bias); // [N, T, D]
   return linear(modulate(normed, shift, scale), p.linear); // [N, T, p*p*C]
 }
@@ -537,8 +554,10 @@ export function ditForward(
     // (gather's gradient needs UnsortedSegmentSum, which the wasm backend lacks).
     const oneHot = tf.oneHot(y, config.numClasses + 1); // [N, K+1]
     const c = tf.add(tEmb, matmul(tf.cast(oneHot, "float32"), params.yEmbedder.embeddingTable)); // [N, D]
-    for (const block of params.blocks) h = ditBlock(h, c, block, config.numHeads);
-    return unpatchify(finalLayer(h, c, params.finalLayer), p, config.inChannels); // [N, H, W, C]
+    // adaLN_modulation = Sequential(SiLU, Linear) in every block: silu(c) made once for all.
+    const sc = silu(c); // [N, D]
+    for (const block of params.blocks) h = ditBlock(h, sc, block, config.numHeads);
+    return unpatchify(finalLayer(h, sc, params.finalLayer), p, config.inChannels); // [N, H, W, C]
   });
 }
 

@@ -18,11 +18,14 @@ import { activeBlas } from "../runtime/blas.ts";
 import { timeOp } from "../runtime/opstats.ts";
 import { gemm, transposeLast } from "./matmul.ts";
 import {
+  attentionGradWgsl,
+  attentionWgsl,
   columnSumWgsl,
   elementwiseWgsl,
   gateWgsl,
   layerNormGradWgsl,
   layerNormWgsl,
+  MAX_HEAD_DIM,
   tokenSumWgsl,
 } from "./kernels_webgpu.ts";
 
@@ -384,6 +387,63 @@ const attentionCoreOp = fused(
  */
 export function attentionCore(q: tf.Tensor3D, k: tf.Tensor3D, v: tf.Tensor3D): tf.Tensor3D {
   return attentionCoreOp(q, k, v) as tf.Tensor3D;
+}
+
+/** The webgpu attention op for one (tokens, heads) pair. */
+function attentionGpuOp(tokens: number, heads: number) {
+  const key = `${tokens}/${heads}`;
+  let op = attentionGpuOps.get(key);
+  if (!op) {
+    const dims = { tokens, heads };
+    op = fused((q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, save: tf.GradSaveFunc) => {
+      const o = attentionWgsl(q, k, v, dims); // [N*T, D]
+      save([q, k, v, o]);
+      return {
+        value: o,
+        gradFunc: (dO: tf.Tensor, [sq, sk, sv, so]: tf.Tensor[]) =>
+          attentionGradWgsl(sq, sk, sv, so, dO, dims),
+      };
+    });
+    attentionGpuOps.set(key, op);
+  }
+  return op;
+}
+const attentionGpuOps = new Map<string, (...x: tf.Tensor[]) => tf.Tensor>();
+
+/**
+ * Multi-head attention `softmax(q k^T / sqrt(hd)) v` on the projections' own layout: `q`, `k`, `v`
+ * `[N, T, D]` with head h at columns `h*hd ... (h+1)*hd - 1`; the result has the heads merged the
+ * same way. On webgpu one WGSL kernel forward and four backward, with no head transposes and no
+ * `[T, T]` map in memory; elsewhere heads are split out and {@link attentionCore} runs.
+ *
+ * @example
+ * ```ts
+ * import * as tf from "@tensorflow/tfjs-core";
+ * import { attentionHeads } from "./kernels.ts";
+ * const o = attentionHeads(tf.ones([2, 4, 8]), tf.ones([2, 4, 8]), tf.ones([2, 4, 8]), 2); // [2, 4, 8]
+ * ```
+ */
+export function attentionHeads(
+  q: tf.Tensor3D,
+  k: tf.Tensor3D,
+  v: tf.Tensor3D,
+  heads: number,
+): tf.Tensor3D {
+  const [n, t, d] = q.shape;
+  const hd = d / heads;
+  if (onWebGpu() && hd <= MAX_HEAD_DIM) {
+    return tf.reshape(attentionGpuOp(t, heads)(q, k, v), [n, t, d]) as tf.Tensor3D;
+  }
+  return tf.tidy(() => {
+    const split = (x: tf.Tensor) =>
+      tf.reshape(tf.transpose(tf.reshape(x, [n * t, heads, hd]), [1, 0, 2]), [heads * n, t, hd]); // [HN, T, hd]
+    const a = attentionCore(
+      split(q) as tf.Tensor3D,
+      split(k) as tf.Tensor3D,
+      split(v) as tf.Tensor3D,
+    );
+    return tf.reshape(tf.transpose(tf.reshape(a, [heads, n * t, hd]), [1, 0, 2]), [n, t, d]); // [N, T, D]
+  }) as tf.Tensor3D;
 }
 
 const swigluGateOp = fused((a: tf.Tensor, b: tf.Tensor, save: tf.GradSaveFunc) => {

@@ -254,3 +254,164 @@ export function columnSumWgsl(x: tf.Tensor2D, slices = 1): tf.Tensor {
     { c, rows },
   );
 }
+
+/** The largest head dimension the attention kernels take (their per-thread accumulators). */
+export const MAX_HEAD_DIM = 64;
+
+/**
+ * WGSL shared by the attention kernels: for thread `i` over (sample, head, token) with the token
+ * fastest, `row` = this token's offset in `[N*T, D]`, `head0` = the sample's first row for this
+ * head (rows are `d` apart), and `dot(a, ai, b, bi)` over one head's `hd` values.
+ */
+const ATTN_INDEX = `
+      let tok = i % uniforms.t;
+      let nh = i / uniforms.t;
+      let n = nh / uniforms.h;
+      let head0 = n * uniforms.t * uniforms.d + (nh % uniforms.h) * uniforms.hd;
+      let row = head0 + tok * uniforms.d;`;
+
+/** WGSL: the scaled score of query row `qr` and key row `kr` (q * scale first, as tf does). */
+const SCORE = (qr: string, kr: string) => `
+        var s = 0.0;
+        for (var c = 0; c < uniforms.hd; c++) { s += (Q[${qr} + c] * uniforms.scale) * K[${kr} + c]; }`;
+
+/**
+ * Scaled dot-product attention `softmax(q k^T * scale) v` for `q`, `k`, `v` in the layout the
+ * projections make, `[N*T, H*hd]` (head h at columns h*hd ...): no head transposes, no `[T, T]`
+ * map in memory. One thread per (sample, head, query) runs three passes over the keys: the max,
+ * the sum of exponentials, and the output. Result `[N*T, H*hd]`, heads merged.
+ */
+export function attentionWgsl(
+  q: tf.Tensor,
+  k: tf.Tensor,
+  v: tf.Tensor,
+  dims: { tokens: number; heads: number },
+): tf.Tensor {
+  const [rows, d] = rowsOf(q);
+  const hd = d / dims.heads;
+  return runKernel(
+    "attention",
+    { Q: q, K: k, V: v },
+    q.shape,
+    rows * dims.heads,
+    `${ATTN_INDEX}
+      var mx = -3.402823e38;
+      for (var j = 0; j < uniforms.t; j++) {${SCORE("row", "head0 + j * uniforms.d")}
+        mx = max(mx, s);
+      }
+      var sum = 0.0;
+      for (var j = 0; j < uniforms.t; j++) {${SCORE("row", "head0 + j * uniforms.d")}
+        sum += exp(s - mx);
+      }
+      var acc : array<f32, ${MAX_HEAD_DIM}>;
+      for (var j = 0; j < uniforms.t; j++) {${SCORE("row", "head0 + j * uniforms.d")}
+        let p = exp(s - mx) / sum;
+        let kr = head0 + j * uniforms.d;
+        for (var c = 0; c < uniforms.hd; c++) { acc[c] += p * V[kr + c]; }
+      }
+      for (var c = 0; c < uniforms.hd; c++) { result[row + c] = acc[c]; }`,
+    { t: dims.tokens, h: dims.heads, hd, d },
+    { scale: 1 / Math.sqrt(hd) },
+  );
+}
+
+/**
+ * The gradients of {@link attentionWgsl} for output gradient `dO` and output `o`: per query row
+ * the softmax statistics (max, sum, and `delta = dO . o`) once, then `dq`, `dk`, `dv`, each from
+ * scores recomputed on the fly. With `P` the attention and `dS = P * (dO v^T - delta)`:
+ * `dq = dS k * scale`, `dk = dS^T (q * scale)`, `dv = P^T dO`.
+ */
+export function attentionGradWgsl(
+  q: tf.Tensor,
+  k: tf.Tensor,
+  v: tf.Tensor,
+  o: tf.Tensor,
+  dO: tf.Tensor,
+  dims: { tokens: number; heads: number },
+): [tf.Tensor, tf.Tensor, tf.Tensor] {
+  const [rows, d] = rowsOf(q);
+  const hd = d / dims.heads;
+  const ints = { t: dims.tokens, h: dims.heads, hd, d };
+  const floats = { scale: 1 / Math.sqrt(hd) };
+  const threads = rows * dims.heads;
+  const stats = runKernel(
+    "attention_stats",
+    { Q: q, K: k, O: o, DO: dO },
+    [threads, 3],
+    threads,
+    `${ATTN_INDEX}
+      var mx = -3.402823e38;
+      for (var j = 0; j < uniforms.t; j++) {${SCORE("row", "head0 + j * uniforms.d")}
+        mx = max(mx, s);
+      }
+      var sum = 0.0;
+      for (var j = 0; j < uniforms.t; j++) {${SCORE("row", "head0 + j * uniforms.d")}
+        sum += exp(s - mx);
+      }
+      var delta = 0.0;
+      for (var c = 0; c < uniforms.hd; c++) { delta += DO[row + c] * O[row + c]; }
+      result[i * 3] = mx;
+      result[i * 3 + 1] = sum;
+      result[i * 3 + 2] = delta;`,
+    ints,
+    floats,
+  );
+  // dS for query row `qr` (stats index `si`) and key row `kr`, as `ds`; `p` is the attention.
+  const ds = (qr: string, kr: string, si: string) =>
+    `${SCORE(qr, kr)}
+        let p = exp(s - St[${si} * 3]) / St[${si} * 3 + 1];
+        var dp = 0.0;
+        for (var c = 0; c < uniforms.hd; c++) { dp += DO[${qr} + c] * V[${kr} + c]; }
+        let ds = p * (dp - St[${si} * 3 + 2]);`;
+  const dq = runKernel(
+    "attention_dq",
+    { Q: q, K: k, V: v, DO: dO, St: stats },
+    q.shape,
+    threads,
+    `${ATTN_INDEX}
+      var acc : array<f32, ${MAX_HEAD_DIM}>;
+      for (var j = 0; j < uniforms.t; j++) {
+        let kr = head0 + j * uniforms.d;${ds("row", "kr", "i")}
+        for (var c = 0; c < uniforms.hd; c++) { acc[c] += ds * K[kr + c]; }
+      }
+      for (var c = 0; c < uniforms.hd; c++) { result[row + c] = acc[c] * uniforms.scale; }`,
+    ints,
+    floats,
+  );
+  // dk and dv: one thread per key row, over all query rows of its (sample, head).
+  const dk = runKernel(
+    "attention_dk",
+    { Q: q, K: k, V: v, DO: dO, St: stats },
+    q.shape,
+    threads,
+    `${ATTN_INDEX}
+      var acc : array<f32, ${MAX_HEAD_DIM}>;
+      for (var j = 0; j < uniforms.t; j++) {
+        let qr = head0 + j * uniforms.d;
+        let si = nh * uniforms.t + j;${ds("qr", "row", "si")}
+        for (var c = 0; c < uniforms.hd; c++) { acc[c] += ds * (Q[qr + c] * uniforms.scale); }
+      }
+      for (var c = 0; c < uniforms.hd; c++) { result[row + c] = acc[c]; }`,
+    ints,
+    floats,
+  );
+  const dv = runKernel(
+    "attention_dv",
+    { Q: q, K: k, DO: dO, St: stats },
+    q.shape,
+    threads,
+    `${ATTN_INDEX}
+      var acc : array<f32, ${MAX_HEAD_DIM}>;
+      for (var j = 0; j < uniforms.t; j++) {
+        let qr = head0 + j * uniforms.d;
+        let si = nh * uniforms.t + j;${SCORE("qr", "row")}
+        let p = exp(s - St[si * 3]) / St[si * 3 + 1];
+        for (var c = 0; c < uniforms.hd; c++) { acc[c] += p * DO[qr + c]; }
+      }
+      for (var c = 0; c < uniforms.hd; c++) { result[row + c] = acc[c]; }`,
+    ints,
+    floats,
+  );
+  stats.dispose();
+  return [dq, dk, dv];
+}
