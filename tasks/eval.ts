@@ -52,6 +52,11 @@ const SPEC = {
       type: "integer",
       description: "Heun steps of the grid [default: config.json, 50]; fewer is faster",
     },
+    "grid-tile": {
+      type: "integer",
+      description: "tile size of the grid in pixels [default: as decoded, 256]; 128 makes a grid " +
+        "a quarter the size (weights/samples.png)",
+    },
     "grid-classes": {
       type: "string",
       placeholder: "LIST",
@@ -91,7 +96,7 @@ const SPEC = {
     "deno task eval --data runs/latents-taesd.safetensors --grid eval.png",
     "deno task eval runs/anthos/checkpoint.safetensors --data " +
     "runs/latents-taesd.safetensors,../shared/data/latents/oxford102-test-taesd.safetensors",
-    "deno task eval weights --no-loss --grid weights/samples.png --vae-dir ../shared/weights/taesd",
+    "deno task eval weights --no-loss --grid weights/samples.png --grid-tile 128 --vae-dir ../shared/weights/taesd",
   ],
   epilog: "Pass the caches the model was trained on, in the same order: the held-out photos are " +
     "those the trainer left out.\nEnvironment: ANTHOS_BACKEND, ANTHOS_HOME, ANTHOS_DEBUG=1.",
@@ -125,6 +130,9 @@ async function main(): Promise<number> {
   }
   if (o.maxItems !== undefined && o.maxItems < 1) {
     throw new CliError(`--max-items must be at least 1, got ${o.maxItems}`);
+  }
+  if (o.gridTile !== undefined && o.gridTile < 1) {
+    throw new CliError(`--grid-tile must be at least 1 pixel, got ${o.gridTile}`);
   }
   if (o.gridSteps !== undefined && o.gridSteps < 1) {
     throw new CliError(`--grid-steps must be at least 1, got ${o.gridSteps}`);
@@ -217,6 +225,7 @@ async function main(): Promise<number> {
         let bar: ProgressBar | null = null;
         const grid = await evaluationGrid(model, vae, {
           steps,
+          tileSize: o.gridTile,
           classes,
           classNames: names?.names,
           onStep: (done, total) => {

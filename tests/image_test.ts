@@ -260,3 +260,22 @@ Deno.test("checkImageBatch names the expected shape", async () => {
   }
   tf.dispose([ok, ...cases.map((c) => c[0])]);
 });
+
+Deno.test("makeGrid tileSize scales every tile first (colours kept, grid sized by the new tiles)", async () => {
+  const tiles = [RED, GREEN].map((c) => ({
+    data: bands(40, 40, [c]),
+    width: 40,
+    height: 40,
+    channels: 3,
+  }));
+  const png = await makeGrid(tiles, { cols: 2, pad: 4, tileSize: 10 });
+  const { data, info } = await sharp(png).raw().toBuffer({ resolveWithObject: true });
+  assertEquals([info.width, info.height], [4 + 2 * 14, 4 + 14]);
+  const at = (x: number, y: number) => {
+    const i = (y * info.width + x) * info.channels;
+    return [data[i], data[i + 1], data[i + 2]];
+  };
+  assert(near(at(9, 9), RED, 2), `tile 0 ${at(9, 9)}`);
+  assert(near(at(23, 9), GREEN, 2), `tile 1 ${at(23, 9)}`);
+  await assertRejects(() => makeGrid(tiles, { tileSize: 0 }), ImageError, "tileSize");
+});

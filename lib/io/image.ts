@@ -222,6 +222,24 @@ export interface GridOptions {
   fontSize?: number;
   /** Background colour; default white. */
   background?: string;
+  /** Scale every tile to this width and height in pixels first (e.g. 128: a grid a quarter the size). */
+  tileSize?: number;
+}
+
+/** `r` scaled to `size` x `size` (sharp's default Lanczos). */
+async function resizeRaw(r: RawImage, size: number): Promise<RawImage> {
+  if (r.width === size && r.height === size) return r;
+  const vips = await loadSharp();
+  const input = Buffer.from(r.data.buffer, r.data.byteOffset, r.data.byteLength);
+  const { data, info } = await vips(input, {
+    raw: { width: r.width, height: r.height, channels: r.channels as 1 | 3 | 4 },
+  }).resize(size, size, { fit: "fill" }).raw().toBuffer({ resolveWithObject: true });
+  return {
+    width: info.width,
+    height: info.height,
+    channels: info.channels,
+    data: new Uint8Array(data),
+  };
 }
 
 /**
@@ -250,6 +268,13 @@ export async function makeGrid(
   }
   if (raws.length === 0) throw new ImageError("makeGrid needs at least one image");
   raws.forEach(checkRaw);
+  if (options.tileSize !== undefined) {
+    const size = options.tileSize;
+    if (!Number.isInteger(size) || size < 1) {
+      throw new ImageError(`makeGrid's tileSize must be a positive integer, got ${size}`);
+    }
+    raws = await Promise.all(raws.map((r) => resizeRaw(r, size)));
+  }
   const captions = options.captions;
   if (captions && captions.length !== raws.length) {
     throw new ImageError(

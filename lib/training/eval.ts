@@ -394,6 +394,8 @@ export interface EvalGridOptions {
   /** Class names by id (e.g. `ClassNames.names`) for the captions; else "class N". */
   classNames?: readonly string[];
   /** Tiles per row; default 4 classes per row (8 tiles at perClass 2). */
+  /** Scale each image to this many pixels square in the PNG (default: as decoded, 256). */
+  tileSize?: number;
   cols?: number;
   /** Images sampled at once; default 16. Neither the noise nor the pixels depend on it. */
   batchSize?: number;
@@ -477,7 +479,11 @@ export async function evaluationGrid(
       rgb.dispose();
     }
     const captions = tiles.map(([id]) => options.classNames?.[id] ?? `class ${id}`);
-    const png = await makeGrid(images, { cols: options.cols ?? 4 * perClass, captions });
+    const png = await makeGrid(images, {
+      cols: options.cols ?? 4 * perClass,
+      captions,
+      tileSize: options.tileSize,
+    });
     return { png, captions, classes: tiles.map(([id]) => id) };
   } finally {
     tf.dispose(images);
