@@ -45,22 +45,35 @@ Deno.test("adaLN-Zero init: a fresh model outputs exactly zero", async () => {
   m.dispose();
 });
 
-// wasm twice: products on the system BLAS (FFI) and on XNNPACK.
+// wasm twice: products on the system BLAS (FFI) and on XNNPACK; webgpu with its WGSL kernels,
+// with all but the WGSL attention, and with tf ops only (ANTHOS_WGSL).
 const parityRuns = [
   { backend: "wasm", products: "blas" },
   { backend: "wasm", products: "xnnpack" },
   { backend: "webgpu" },
+  { backend: "webgpu", wgsl: "no-attention" },
+  { backend: "webgpu", wgsl: "0" },
 ] as const;
 for (const run of parityRuns) {
   const { backend } = run;
-  const label = "products" in run ? `${backend} (products on ${run.products})` : backend;
+  const label = "products" in run
+    ? `${backend} (products on ${run.products})`
+    : "wgsl" in run
+    ? `${backend} (ANTHOS_WGSL=${run.wgsl})`
+    : backend;
   Deno.test({
     name: `golden parity on ${label}: forward, loss, every gradient, Euler and Heun`,
     ignore: !weightsPath || !casePath,
-    fn: () =>
-      "products" in run
-        ? withProducts(run.products, () => parity(backend, label))
-        : parity(backend, label),
+    fn: async () => {
+      if ("products" in run) return await withProducts(run.products, () => parity(backend, label));
+      if (!("wgsl" in run)) return await parity(backend, label);
+      Deno.env.set("ANTHOS_WGSL", run.wgsl);
+      try {
+        await parity(backend, label);
+      } finally {
+        Deno.env.delete("ANTHOS_WGSL");
+      }
+    },
   });
 }
 

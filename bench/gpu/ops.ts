@@ -1,6 +1,7 @@
 /**
  * Where a webgpu training step's time goes, for the GPU job (stage 2b): the step split into
- * phases (forward; forward + backward; the full optimizer step), each with its wall time, the
+ * phases (forward; forward + backward; the full optimizer step) with the WGSL kernels, with all
+ * but the WGSL attention, and with tf ops only (`ANTHOS_WGSL`), each with its wall time, the
  * time JavaScript took to enqueue it, and the process's CPU time (all threads: tfjs and wgpu); then
  * the products of the model's shapes at batch 256 (forward, dX, the weight gradient plainly and
  * split as lib/model/kernels.ts does it), a softmax and an elementwise op. The adapter has no
@@ -54,17 +55,20 @@ const fmt = (name: string, [wall, enq, cpu]: [number, number, number], extra = "
       `CPU ${cpu.toFixed(2)} ms${extra}`,
   );
 
-// 1) A training step in phases.
-{
+// 1) A training step in phases, with each setting of ANTHOS_WGSL (read at each op).
+for (const wgsl of ["", "no-attention", "0"]) {
+  if (wgsl) Deno.env.set("ANTHOS_WGSL", wgsl);
+  else Deno.env.delete("ANTHOS_WGSL");
+  const label = wgsl === "" ? "WGSL kernels" : wgsl === "0" ? "tf ops only" : "WGSL, tf attention";
   const rng = new Rng(0);
   const model = DiT.create({}, { seed: 0 });
   const data = tf.tensor4d(rng.normalArray(batch * 32 * 32 * 4), [batch, 32, 32, 4]);
   const y = Int32Array.from({ length: batch }, (_, i) => i % 102);
   const b = flowBatch(data, { y, rng });
-  fmt("phase forward", await timeIt(() => model.forward(b.xt, b.t, b.y)));
+  fmt(`phase forward (${label})`, await timeIt(() => model.forward(b.xt, b.t, b.y)));
   const vars = model.trainableVariables();
   fmt(
-    "phase forward+backward",
+    `phase forward+backward (${label})`,
     await timeIt(() => {
       const { value, grads } = tf.variableGrads(() => flowLoss(model, b), vars);
       return [value, ...Object.values(grads)];
@@ -83,7 +87,7 @@ const fmt = (name: string, [wall, enq, cpu]: [number, number, number], extra = "
   await trainer.sync();
   const wall = (performance.now() - t0) / reps;
   const cpu = process.cpuUsage(cpu0);
-  fmt("phase full step (clip, AdamW, EMA on the device)", [
+  fmt(`phase full step, clip + AdamW + EMA on the device (${label})`, [
     wall,
     enq,
     (cpu.user + cpu.system) / 1000 / reps,
@@ -91,6 +95,7 @@ const fmt = (name: string, [wall, enq, cpu]: [number, number, number], extra = "
   trainer.dispose();
   tf.dispose([data, b.xt, b.t, b.y, b.v]);
 }
+Deno.env.delete("ANTHOS_WGSL");
 
 // 2) Products on the model's shapes (M = tokens of the batch), and memory-bound kernels.
 {

@@ -28,6 +28,7 @@ import {
   linearBias,
   modulateFused,
   swigluGate,
+  wgslAttention,
 } from "./kernels.ts";
 import { Rng } from "../runtime/rng.ts";
 import {
@@ -392,7 +393,7 @@ function attention(x: tf.Tensor, p: BlockParams["attn"], heads: number): tf.Tens
   const x2 = tf.reshape(x, [n * t, d]); // [NT, D]
   const ws = tf.split(p.qkv.weight, 3, 1); // 3 x [D, D]
   const bs = tf.split(p.qkv.bias!, 3); // 3 x [D]
-  if (tf.getBackend() === "webgpu") {
+  if (wgslAttention()) {
     // WGSL attention on the projections' layout: q/k norms over each head's hd values (rows of
     // the [NT*H, hd] view), no head transposes (kernels.ts attentionHeads).
     const [q0, k0, v0] = [0, 1, 2].map((i) =>

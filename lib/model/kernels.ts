@@ -16,6 +16,7 @@
 import * as tf from "@tensorflow/tfjs-core";
 import { activeBlas } from "../runtime/blas.ts";
 import { timeOp } from "../runtime/opstats.ts";
+import { env } from "../runtime/env.ts";
 import { gemm, transposeLast } from "./matmul.ts";
 import {
   attentionGradWgsl,
@@ -260,9 +261,27 @@ export function layerNormFused(x: tf.Tensor, eps: number): tf.Tensor {
   return layerNormOp(x, tf.scalar(eps));
 }
 
-/** Whether the WGSL kernels of kernels_webgpu.ts apply. */
+/**
+ * Whether the WGSL kernels of kernels_webgpu.ts apply: on webgpu, unless `ANTHOS_WGSL=0` (then
+ * the tf-op versions run, e.g. to compare speeds on one GPU).
+ */
 function onWebGpu(): boolean {
-  return tf.getBackend() === "webgpu";
+  return tf.getBackend() === "webgpu" && env.wgsl !== "0";
+}
+
+/**
+ * Whether the WGSL attention ({@link attentionHeads}) runs: on webgpu unless `ANTHOS_WGSL` is `0`
+ * or `no-attention`. It trades the head transposes and `[T, T]` maps for recomputed scores, so
+ * which one is faster depends on the GPU (on lavapipe the tf ops are).
+ *
+ * @example
+ * ```ts
+ * import { wgslAttention } from "./kernels.ts";
+ * wgslAttention(); // false unless the webgpu backend is active
+ * ```
+ */
+export function wgslAttention(): boolean {
+  return onWebGpu() && env.wgsl !== "no-attention";
 }
 
 /** The webgpu LayerNorm ops for one epsilon (a closure value: no scalar tensor to read back). */
@@ -431,7 +450,7 @@ export function attentionHeads(
 ): tf.Tensor3D {
   const [n, t, d] = q.shape;
   const hd = d / heads;
-  if (onWebGpu() && hd <= MAX_HEAD_DIM) {
+  if (wgslAttention() && hd <= MAX_HEAD_DIM) {
     return tf.reshape(attentionGpuOp(t, heads)(q, k, v), [n, t, d]) as tf.Tensor3D;
   }
   return tf.tidy(() => {

@@ -278,8 +278,9 @@ const SCORE = (qr: string, kr: string) => `
 /**
  * Scaled dot-product attention `softmax(q k^T * scale) v` for `q`, `k`, `v` in the layout the
  * projections make, `[N*T, H*hd]` (head h at columns h*hd ...): no head transposes, no `[T, T]`
- * map in memory. One thread per (sample, head, query) runs three passes over the keys: the max,
- * the sum of exponentials, and the output. Result `[N*T, H*hd]`, heads merged.
+ * map in memory. One thread per (sample, head, query) runs two passes over the keys: the max, then
+ * the exponentials summed and accumulated with the values (normalised at the end). Result
+ * `[N*T, H*hd]`, heads merged.
  */
 export function attentionWgsl(
   q: tf.Tensor,
@@ -300,16 +301,14 @@ export function attentionWgsl(
         mx = max(mx, s);
       }
       var sum = 0.0;
-      for (var j = 0; j < uniforms.t; j++) {${SCORE("row", "head0 + j * uniforms.d")}
-        sum += exp(s - mx);
-      }
       var acc : array<f32, ${MAX_HEAD_DIM}>;
       for (var j = 0; j < uniforms.t; j++) {${SCORE("row", "head0 + j * uniforms.d")}
-        let p = exp(s - mx) / sum;
+        let e = exp(s - mx);
+        sum += e;
         let kr = head0 + j * uniforms.d;
-        for (var c = 0; c < uniforms.hd; c++) { acc[c] += p * V[kr + c]; }
+        for (var c = 0; c < uniforms.hd; c++) { acc[c] += e * V[kr + c]; }
       }
-      for (var c = 0; c < uniforms.hd; c++) { result[row + c] = acc[c]; }`,
+      for (var c = 0; c < uniforms.hd; c++) { result[row + c] = acc[c] / sum; }`,
     { t: dims.tokens, h: dims.heads, hd, d },
     { scale: 1 / Math.sqrt(hd) },
   );

@@ -10,6 +10,8 @@
  * | -------------- | ---------------------- | ------------------------------------------------- |
  * | `backend`      | `ANTHOS_BACKEND`       | default tfjs backend (`wasm` when unset)          |
  * | `wasmThreads`  | `ANTHOS_WASM_THREADS`  | XNNPACK threads for `wasm`                        |
+ * | `wgsl`         | `ANTHOS_WGSL`          | webgpu's own WGSL kernels: `0` = off (tf ops),    |
+ * |                |                        | `no-attention` = all but the attention kernel     |
  * | `blas`         | `ANTHOS_BLAS`          | wasm products on the system BLAS: `0` = off, or a |
  * |                |                        | library file (lib/runtime/blas.ts)                |
  * | `home`         | `ANTHOS_HOME`          | cache root (downloads, weights, datasets)         |
@@ -39,6 +41,7 @@ export const ENV_VARS = {
   backend: "ANTHOS_BACKEND",
   wasmThreads: "ANTHOS_WASM_THREADS",
   blas: "ANTHOS_BLAS",
+  wgsl: "ANTHOS_WGSL",
   home: "ANTHOS_HOME",
   xdgCacheHome: "XDG_CACHE_HOME",
   hfEndpoint: "ANTHOS_HF_ENDPOINT",
@@ -99,6 +102,8 @@ export interface AnthosEnv {
   readonly wasmThreads: string | undefined;
   /** `$ANTHOS_BLAS`, raw (read by lib/runtime/blas.ts). */
   readonly blas: string | undefined;
+  /** `$ANTHOS_WGSL`, raw (read by lib/model/kernels.ts). */
+  readonly wgsl: string | undefined;
   /** `$ANTHOS_HOME`. */
   readonly home: string | undefined;
   /** `$XDG_CACHE_HOME`. */
@@ -138,6 +143,9 @@ export const env: AnthosEnv = Object.freeze({
   },
   get blas() {
     return readEnv(ENV_VARS.blas);
+  },
+  get wgsl() {
+    return readEnv(ENV_VARS.wgsl);
   },
   get home() {
     return readEnv(ENV_VARS.home);
