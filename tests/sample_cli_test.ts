@@ -307,3 +307,32 @@ Deno.test({
     await Deno.remove(repo, { recursive: true });
   },
 });
+
+Deno.test({
+  name: "sample CLI: weights of an unfinished run say so (note on stderr), finished ones do not",
+  ignore: !ok,
+  fn: async () => {
+    const repo = await tempRepo();
+    const config = (training: Record<string, unknown>) =>
+      Deno.writeTextFile(
+        `${repo}/weights/config.json`,
+        JSON.stringify({ format: "anthos", vae: { name: "taesd", scalingFactor: 1 }, training }),
+      );
+    const args = ["rose", "--steps", "1", "--repo-dir", repo, "--out", `${repo}/o.png`];
+    await config({ step: 638, steps: 120000, device: "NVIDIA H200", valLoss: 1.8127 });
+    const early = await sampleTask([...args, "--vae-dir", TAESD!]);
+    assertEquals(early.code, 0, early.stderr);
+    assert(
+      early.stderr.includes(
+        `note: ${repo}/weights/ is an early checkpoint: step 638 of 120,000 (0.5%) on NVIDIA H200`,
+      ),
+      early.stderr,
+    );
+    await config({ step: 120000, steps: 120000 });
+    // No --vae-dir: TAESD is found in ../shared beside the checkout (or $ANTHOS_SHARED).
+    const done = await sampleTask(args);
+    assertEquals(done.code, 0, done.stderr);
+    assert(!done.stderr.includes("early checkpoint"), done.stderr);
+    await Deno.remove(repo, { recursive: true });
+  },
+});

@@ -147,16 +147,27 @@ Deno.test("TAESD weight files: a missing, extra or mis-shaped key is named in th
   );
 });
 
-Deno.test("loadAutoencoder('taesd') without dir uses the cache, else says where to put the files", async () => {
+Deno.test("loadAutoencoder('taesd') without dir: the cache, then the shared folder, else says where", async () => {
   const home = await Deno.makeTempDir();
-  const old = Deno.env.get("ANTHOS_HOME");
+  const emptyShared = await Deno.makeTempDir();
+  const old = { home: Deno.env.get("ANTHOS_HOME"), shared: Deno.env.get("ANTHOS_SHARED") };
   Deno.env.set("ANTHOS_HOME", home);
+  Deno.env.set("ANTHOS_SHARED", emptyShared);
   try {
+    // Neither folder has the files: the error names both and where to put them.
     const err = await assertRejects(() => loadAutoencoder("taesd"), Error, `${home}/taesd`);
+    assert(err.message.includes(`${emptyShared}/weights/taesd`), err.message);
     assert(err.message.includes("taesd_encoder.safetensors"), err.message);
     assert(err.message.includes("../shared/weights/taesd"), err.message);
     if (weightsDir) {
       await loadBackend("wasm");
+      // ANTHOS_SHARED unset: ../shared beside this checkout (where weightsDir is).
+      Deno.env.delete("ANTHOS_SHARED");
+      const beside = await loadAutoencoder("taesd");
+      assertEquals(beside.kind, "taesd");
+      beside.dispose();
+      // The cache comes first.
+      Deno.env.set("ANTHOS_SHARED", emptyShared);
       await Deno.mkdir(`${home}/taesd`);
       for (const f of ["taesd_encoder.safetensors", "taesd_decoder.safetensors"]) {
         await Deno.copyFile(`${weightsDir}/${f}`, `${home}/taesd/${f}`);
@@ -171,8 +182,11 @@ Deno.test("loadAutoencoder('taesd') without dir uses the cache, else says where 
       `unknown autoencoder "nope"`,
     );
   } finally {
-    if (old === undefined) Deno.env.delete("ANTHOS_HOME");
-    else Deno.env.set("ANTHOS_HOME", old);
+    for (const [k, v] of [["ANTHOS_HOME", old.home], ["ANTHOS_SHARED", old.shared]] as const) {
+      if (v === undefined) Deno.env.delete(k);
+      else Deno.env.set(k, v);
+    }
     await Deno.remove(home, { recursive: true });
+    await Deno.remove(emptyShared, { recursive: true });
   }
 });

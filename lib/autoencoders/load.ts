@@ -11,6 +11,7 @@
  * @module
  */
 
+import { fileURLToPath } from "node:url";
 import { exists } from "../io/fs.ts";
 import { env } from "../runtime/env.ts";
 import { type Autoencoder, type AutoencoderKind, AUTOENCODERS } from "./autoencoder.ts";
@@ -40,7 +41,8 @@ const TAESD_FILES = AUTOENCODERS["taesd"].files;
 /**
  * Loads an autoencoder. With `dir` the files are read from there. Without it, "sd-vae-ft-ema"
  * comes from `${anthosHome()}/hub/stabilityai/sd-vae-ft-ema`, downloaded from the hub on first
- * use (about 335 MB); "taesd" comes from `${anthosHome()}/taesd`, which must hold the two
+ * use (about 335 MB); "taesd" comes from `${anthosHome()}/taesd` or the shared reference folder
+ * (`$ANTHOS_SHARED/weights/taesd`, else `../shared/weights/taesd` beside a checkout), which hold the two
  * weight files (nothing is downloaded).
  *
  * @example
@@ -66,22 +68,34 @@ export async function loadAutoencoder(
   );
 }
 
-/** The cached TAESD folder, or an error saying where to put the files. */
+/**
+ * Where TAESD's files are looked for, in order: the Anthos cache (`$ANTHOS_HOME/taesd`), then the
+ * shared reference folder (`$ANTHOS_SHARED/weights/taesd`, else `../shared/weights/taesd` beside a
+ * local checkout).
+ */
+function taesdDirs(): string[] {
+  const dirs = [`${anthosHome()}/taesd`];
+  const beside = import.meta.url.startsWith("file:")
+    ? fileURLToPath(new URL("../../../shared", import.meta.url))
+    : undefined;
+  const shared = env.shared ?? beside;
+  if (shared) dirs.push(`${shared.replace(/\/+$/, "")}/weights/taesd`);
+  return dirs;
+}
+
+/** The first folder of {@link taesdDirs} that holds both files, or an error saying where to put them. */
 async function taesdCacheDir(): Promise<string> {
-  const dir = `${anthosHome()}/taesd`;
-  const missing: string[] = [];
-  for (const f of TAESD_FILES) {
-    if (!(await exists(`${dir}/${f}`))) missing.push(f);
+  const dirs = taesdDirs();
+  for (const dir of dirs) {
+    const found = await Promise.all(TAESD_FILES.map((f) => exists(`${dir}/${f}`)));
+    if (found.every(Boolean)) return dir;
   }
-  if (missing.length > 0) {
-    throw new Error(
-      `TAESD weights not found: ${missing.join(" and ")} missing in ${dir}. Put ` +
-        `taesd_encoder.safetensors and taesd_decoder.safetensors there (from ` +
-        `https://github.com/madebyollin/taesd; in this workplace ../shared/weights/taesd has ` +
-        `them), or pass { dir } / --vae-dir with the folder that holds them.`,
-    );
-  }
-  return dir;
+  throw new Error(
+    `TAESD weights not found: ${TAESD_FILES.join(" and ")} are in none of ${dirs.join(", ")}. ` +
+      `Put them in ${dirs[0]} (from https://github.com/madebyollin/taesd; in this workplace ` +
+      `../shared/weights/taesd has them), or pass { dir } / --vae-dir with the folder that ` +
+      `holds them.`,
+  );
 }
 
 /** Downloads (once) the SD VAE files into the cache and returns the folder. */
