@@ -103,15 +103,18 @@ export function layerNormWgsl(
   );
 }
 
-/** WGSL: `base`, `mean` and `rstd` of row `i` of `X` (two passes, in order, f32). */
-const ROW_STATS = `
-      let base = i * uniforms.d;
+/** WGSL: `base`, `mean` and `rstd` of row `row` of `array` (two passes, in order, f32). */
+const rowStats = (array: string, row: string) => `
+      let base = ${row} * uniforms.d;
       var s = 0.0;
-      for (var j = 0; j < uniforms.d; j++) { s += X[base + j]; }
+      for (var j = 0; j < uniforms.d; j++) { s += ${array}[base + j]; }
       let mean = s / f32(uniforms.d);
       var v = 0.0;
-      for (var j = 0; j < uniforms.d; j++) { let c = X[base + j] - mean; v += c * c; }
+      for (var j = 0; j < uniforms.d; j++) { let c = ${array}[base + j] - mean; v += c * c; }
       let rstd = inverseSqrt(v / f32(uniforms.d) + uniforms.eps);`;
+
+/** WGSL: `base`, `mean` and `rstd` of row `i` of `X`. */
+const ROW_STATS = rowStats("X", "i");
 
 /**
  * The input gradient of {@link layerNormWgsl}: with `g = dy` (or `dy * (1 + scale)` when
@@ -170,14 +173,7 @@ export function tokenSumWgsl(
     ? "A[k] * B[k]"
     : "A[k] * (B[k] - mean) * rstd";
   // "normed": the row's statistics, recomputed per token (rows are D = 96 floats, cached).
-  const stats = kind !== "normed" ? "" : `
-        let base = row * uniforms.d;
-        var s = 0.0;
-        for (var j = 0; j < uniforms.d; j++) { s += B[base + j]; }
-        let mean = s / f32(uniforms.d);
-        var v = 0.0;
-        for (var j = 0; j < uniforms.d; j++) { let c = B[base + j] - mean; v += c * c; }
-        let rstd = inverseSqrt(v / f32(uniforms.d) + uniforms.eps);`;
+  const stats = kind !== "normed" ? "" : rowStats("B", "row");
   return runKernel(
     `tokensum_${kind}`,
     b ? { A: a, B: b } : { A: a },
@@ -377,39 +373,35 @@ export function attentionGradWgsl(
     ints,
     floats,
   );
-  // dk and dv: one thread per key row, over all query rows of its (sample, head).
-  const dk = runKernel(
+  // dk and dv: one thread per key row, over the query rows `qr` of its (sample, head).
+  const perKey = (key: string, inputs: { [name: string]: tf.Tensor }, body: string) =>
+    runKernel(
+      key,
+      inputs,
+      q.shape,
+      threads,
+      `${ATTN_INDEX}
+      var acc : array<f32, ${MAX_HEAD_DIM}>;
+      for (var j = 0; j < uniforms.t; j++) {
+        let qr = head0 + j * uniforms.d;
+        let si = nh * uniforms.t + j;${body}
+      }
+      for (var c = 0; c < uniforms.hd; c++) { result[row + c] = acc[c]; }`,
+      ints,
+      floats,
+    );
+  const dk = perKey(
     "attention_dk",
     { Q: q, K: k, V: v, DO: dO, St: stats },
-    q.shape,
-    threads,
-    `${ATTN_INDEX}
-      var acc : array<f32, ${MAX_HEAD_DIM}>;
-      for (var j = 0; j < uniforms.t; j++) {
-        let qr = head0 + j * uniforms.d;
-        let si = nh * uniforms.t + j;${ds("qr", "row", "si")}
-        for (var c = 0; c < uniforms.hd; c++) { acc[c] += ds * (Q[qr + c] * uniforms.scale); }
-      }
-      for (var c = 0; c < uniforms.hd; c++) { result[row + c] = acc[c]; }`,
-    ints,
-    floats,
+    `${ds("qr", "row", "si")}
+        for (var c = 0; c < uniforms.hd; c++) { acc[c] += ds * (Q[qr + c] * uniforms.scale); }`,
   );
-  const dv = runKernel(
+  const dv = perKey(
     "attention_dv",
     { Q: q, K: k, DO: dO, St: stats },
-    q.shape,
-    threads,
-    `${ATTN_INDEX}
-      var acc : array<f32, ${MAX_HEAD_DIM}>;
-      for (var j = 0; j < uniforms.t; j++) {
-        let qr = head0 + j * uniforms.d;
-        let si = nh * uniforms.t + j;${SCORE("qr", "row")}
+    `${SCORE("qr", "row")}
         let p = exp(s - St[si * 3]) / St[si * 3 + 1];
-        for (var c = 0; c < uniforms.hd; c++) { acc[c] += p * DO[qr + c]; }
-      }
-      for (var c = 0; c < uniforms.hd; c++) { result[row + c] = acc[c]; }`,
-    ints,
-    floats,
+        for (var c = 0; c < uniforms.hd; c++) { acc[c] += p * DO[qr + c]; }`,
   );
   stats.dispose();
   return [dq, dk, dv];
