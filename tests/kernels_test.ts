@@ -8,7 +8,7 @@ import "@tensorflow/tfjs"; // the gradients of the core ops (tf.sum, tf.mul), as
 import { assert, assertEquals, assertLess } from "./_assert.ts";
 import { type BackendName } from "../lib/runtime/backend.ts";
 import {
-  attentionHeads,
+  attentionQkv,
   gatedResidual,
   layerNormFused,
   layerNormModulate,
@@ -153,13 +153,17 @@ const layerCases: {
     plain: (a, b) => tf.mul(tf.mul(a, tf.sigmoid(a)), b),
   },
   {
-    name: "multi-head attention",
-    shapes: [[2, 64, 96], [2, 64, 96], [2, 64, 96]],
-    fused: (q, k, v) => attentionHeads(q as tf.Tensor3D, k as tf.Tensor3D, v as tf.Tensor3D, 4),
-    plain: (q, k, v) => {
-      const heads = (x: tf.Tensor) => tf.transpose(tf.reshape(x, [2, 64, 4, 24]), [0, 2, 1, 3]); // [N, H, T, hd]
-      const p = tf.softmax(tf.div(tf.matMul(heads(q), heads(k), false, true), Math.sqrt(24)));
-      return tf.reshape(tf.transpose(tf.matMul(p, heads(v)), [0, 2, 1, 3]), [2, 64, 96]);
+    name: "qk-norm attention from the packed qkv",
+    shapes: [[2, 64, 288]],
+    fused: (qkv) => attentionQkv(qkv as tf.Tensor3D, 4, 1e-6),
+    plain: (qkv) => {
+      // [N, T, 3, H, hd] -> q, k, v as [N, H, T, hd]; q and k LayerNormed per head.
+      const [q, k, v] = tf.split(tf.reshape(qkv, [2, 64, 3, 4, 24]), 3, 2).map((x) =>
+        tf.transpose(tf.reshape(x, [2, 64, 4, 24]), [0, 2, 1, 3])
+      );
+      const logits = tf.matMul(plainLayers.layerNorm(q), plainLayers.layerNorm(k), false, true);
+      const p = tf.softmax(tf.div(logits, Math.sqrt(24))); // [N, H, T, T]
+      return tf.reshape(tf.transpose(tf.matMul(p, v), [0, 2, 1, 3]), [2, 64, 96]);
     },
   },
   {
@@ -173,13 +177,12 @@ for (const [c, backend] of layerCases.flatMap((c) => [[c, "webgpu"], [c, "wasm"]
   const what = backend === "webgpu" ? "webgpu (WGSL kernels)" : "wasm (tf ops)";
   Deno.test(`${c.name} on ${what}: value and gradients match plain tf ops on cpu`, async () => {
     const inputs = c.shapes.map((s, k) => seededNormal(s, 10 + k));
-    const r = seededNormal([c.shapes[0].reduce((a, b) => a * b, 1)], 99); // dL/dy
     const run = async (backend: BackendName, f: (...x: tf.Tensor[]) => tf.Tensor) => {
       if (!(await useBackend(backend))) return null;
       const before = tf.memory().numTensors;
       const ts = inputs.map((v, k) => tf.tensor(v, c.shapes[k]));
-      const rt = tf.tensor(r);
       const y = tf.tidy(() => f(...ts)); // tidy: customGrad keeps its saved views outside a tape
+      const rt = tf.tensor(seededNormal([y.size], 99)); // dL/dy of L = sum(y * r)
       const g = tf.grads((...xs: tf.Tensor[]) => tf.sum(tf.mul(tf.reshape(f(...xs), [-1]), rt)))(
         ts,
       );

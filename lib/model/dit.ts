@@ -21,7 +21,7 @@ import { silu } from "./ops.ts";
 import { isWasmBackend } from "../runtime/backend.ts";
 import {
   attentionCore,
-  attentionHeads,
+  attentionQkv,
   gatedResidual,
   layerNormFused,
   layerNormModulate,
@@ -390,25 +390,14 @@ function attention(x: tf.Tensor, p: BlockParams["attn"], heads: number): tf.Tens
   // q, k and v as three [D, D] products (the qkv weight's column blocks; on XNNPACK three narrow
   // products beat one wide one), each split into heads with a 3D transpose (5D ones are slow on
   // wasm): [N*T, H, hd] -> [H, N*T, hd] = [H*N, T, hd], slices ordered (head, sample).
+  if (wgslAttention()) {
+    // One qkv product read in place by the WGSL q/k norms and attention (kernels.ts attentionQkv).
+    const qkv = linear(x, p.qkv); // [N, T, 3D]
+    return linear(attentionQkv(qkv as tf.Tensor3D, heads, 1e-6), p.proj);
+  }
   const x2 = tf.reshape(x, [n * t, d]); // [NT, D]
   const ws = tf.split(p.qkv.weight, 3, 1); // 3 x [D, D]
   const bs = tf.split(p.qkv.bias!, 3); // 3 x [D]
-  if (wgslAttention()) {
-    // WGSL attention on the projections' layout: q/k norms over each head's hd values (rows of
-    // the [NT*H, hd] view), no head transposes (kernels.ts attentionHeads).
-    const [q0, k0, v0] = [0, 1, 2].map((i) =>
-      linearBias(x2 as tf.Tensor2D, ws[i] as tf.Tensor2D, bs[i] as tf.Tensor1D)
-    ); // 3 x [NT, D]
-    const norm = (y: tf.Tensor) =>
-      tf.reshape(layerNorm(tf.reshape(y, [n * t * heads, hd])), [n, t, d]); // [N, T, D]
-    const a = attentionHeads(
-      norm(q0) as tf.Tensor3D,
-      norm(k0) as tf.Tensor3D,
-      tf.reshape(v0, [n, t, d]) as tf.Tensor3D,
-      heads,
-    ); // [N, T, D]
-    return linear(a, p.proj);
-  }
   const [q0, k0, v] = [0, 1, 2].map((i) => {
     const y = fusedLayers()
       ? linearBias(x2 as tf.Tensor2D, ws[i] as tf.Tensor2D, bs[i] as tf.Tensor1D)

@@ -27,6 +27,7 @@ import {
   layerNormGradWgsl,
   layerNormWgsl,
   MAX_HEAD_DIM,
+  qkNormWgsl,
   tokenSumWgsl,
 } from "./kernels_webgpu.ts";
 
@@ -270,7 +271,7 @@ function onWebGpu(): boolean {
 }
 
 /**
- * Whether the WGSL attention ({@link attentionHeads}) runs: on webgpu unless `ANTHOS_WGSL` is `0`
+ * Whether the WGSL attention ({@link attentionQkv}) runs: on webgpu unless `ANTHOS_WGSL` is `0`
  * or `no-attention`. It trades the head transposes and `[T, T]` maps for recomputed scores, so
  * which one is faster depends on the GPU (on lavapipe the tf ops are).
  *
@@ -408,19 +409,21 @@ export function attentionCore(q: tf.Tensor3D, k: tf.Tensor3D, v: tf.Tensor3D): t
   return attentionCoreOp(q, k, v) as tf.Tensor3D;
 }
 
-/** The webgpu attention op for one (tokens, heads) pair. */
-function attentionGpuOp(tokens: number, heads: number) {
-  const key = `${tokens}/${heads}`;
+/** The webgpu attention op (q/k norms included) for one (tokens, heads, eps). */
+function attentionGpuOp(tokens: number, heads: number, eps: number) {
+  const key = `${tokens}/${heads}/${eps}`;
   let op = attentionGpuOps.get(key);
   if (!op) {
     const dims = { tokens, heads };
-    op = fused((q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, save: tf.GradSaveFunc) => {
-      const o = attentionWgsl(q, k, v, dims); // [N*T, D]
-      save([q, k, v, o]);
+    op = fused((qkv: tf.Tensor, save: tf.GradSaveFunc) => {
+      const normed = qkNormWgsl(qkv, heads, eps); // [N*T, 3D]
+      const o = attentionWgsl(normed, dims); // [N*T, D]
+      save([qkv, normed, o]);
       return {
         value: o,
-        gradFunc: (dO: tf.Tensor, [sq, sk, sv, so]: tf.Tensor[]) =>
-          attentionGradWgsl(sq, sk, sv, so, dO, dims),
+        gradFunc: (dO: tf.Tensor, [sx, sn, so]: tf.Tensor[]) => [
+          tf.tidy(() => qkNormWgsl(sx, heads, eps, attentionGradWgsl(sn, so, dO, dims))), // [N*T, 3D]
+        ],
       };
     });
     attentionGpuOps.set(key, op);
@@ -430,37 +433,37 @@ function attentionGpuOp(tokens: number, heads: number) {
 const attentionGpuOps = new Map<string, (...x: tf.Tensor[]) => tf.Tensor>();
 
 /**
- * Multi-head attention `softmax(q k^T / sqrt(hd)) v` on the projections' own layout: `q`, `k`, `v`
- * `[N, T, D]` with head h at columns `h*hd ... (h+1)*hd - 1`; the result has the heads merged the
- * same way. On webgpu one WGSL kernel forward and four backward, with no head transposes and no
- * `[T, T]` map in memory; elsewhere heads are split out and {@link attentionCore} runs.
+ * The attention of a DiT block from its qkv projection: `qkv [N, T, 3D]` (q, k, v side by side,
+ * head h at columns `h*hd ...` of each), q and k LayerNormed per head (no affine, `eps`), then
+ * `softmax(q k^T / sqrt(hd)) v`, heads merged: `[N, T, D]`. On webgpu two WGSL kernels forward
+ * and three backward, with no split, no head transposes and no `[T, T]` map in memory; elsewhere
+ * heads are split out and {@link attentionCore} runs.
  *
  * @example
  * ```ts
  * import * as tf from "@tensorflow/tfjs-core";
- * import { attentionHeads } from "./kernels.ts";
- * const o = attentionHeads(tf.ones([2, 4, 8]), tf.ones([2, 4, 8]), tf.ones([2, 4, 8]), 2); // [2, 4, 8]
+ * import { attentionQkv } from "./kernels.ts";
+ * const o = attentionQkv(tf.randomNormal([2, 4, 24]) as tf.Tensor3D, 2, 1e-6); // [2, 4, 8]
  * ```
  */
-export function attentionHeads(
-  q: tf.Tensor3D,
-  k: tf.Tensor3D,
-  v: tf.Tensor3D,
-  heads: number,
-): tf.Tensor3D {
-  const [n, t, d] = q.shape;
+export function attentionQkv(qkv: tf.Tensor3D, heads: number, eps: number): tf.Tensor3D {
+  const [n, t, d3] = qkv.shape;
+  const d = d3 / 3;
   const hd = d / heads;
   if (wgslAttention() && hd <= MAX_HEAD_DIM) {
-    return tf.reshape(attentionGpuOp(t, heads)(q, k, v), [n, t, d]) as tf.Tensor3D;
+    const o = attentionGpuOp(t, heads, eps)(tf.reshape(qkv, [n * t, d3])); // [N*T, D]
+    return tf.reshape(o, [n, t, d]) as tf.Tensor3D;
   }
   return tf.tidy(() => {
-    const split = (x: tf.Tensor) =>
-      tf.reshape(tf.transpose(tf.reshape(x, [n * t, heads, hd]), [1, 0, 2]), [heads * n, t, hd]); // [HN, T, hd]
-    const a = attentionCore(
-      split(q) as tf.Tensor3D,
-      split(k) as tf.Tensor3D,
-      split(v) as tf.Tensor3D,
-    );
+    const [q, k, v] = tf.split(tf.reshape(qkv, [n * t, 3, heads, hd]), 3, 1).map((x, i) => {
+      const y = tf.reshape(tf.transpose(tf.reshape(x, [n * t, heads, hd]), [1, 0, 2]), [
+        heads * n,
+        t,
+        hd,
+      ]); // [HN, T, hd]
+      return i < 2 ? layerNormFused(y, eps) : y;
+    });
+    const a = attentionCore(q as tf.Tensor3D, k as tf.Tensor3D, v as tf.Tensor3D); // [HN, T, hd]
     return tf.reshape(tf.transpose(tf.reshape(a, [heads, n * t, hd]), [1, 0, 2]), [n, t, d]); // [N, T, D]
   }) as tf.Tensor3D;
 }

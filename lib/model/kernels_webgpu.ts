@@ -255,154 +255,190 @@ export function columnSumWgsl(x: tf.Tensor2D, slices = 1): tf.Tensor {
 export const MAX_HEAD_DIM = 64;
 
 /**
- * WGSL shared by the attention kernels: for thread `i` over (sample, head, token) with the token
- * fastest, `row` = this token's offset in `[N*T, D]`, `head0` = the sample's first row for this
- * head (rows are `d` apart), and `dot(a, ai, b, bi)` over one head's `hd` values.
+ * WGSL shared by the attention kernels, over the packed `qkv [N*T, 3D]` of the qkv projection
+ * (q, k, v at column offsets 0, D, 2D; head h at `h*hd ...` within each): thread `i` is
+ * (sample, head, token) with the token fastest; `head0` = this (sample, head)'s q in token 0,
+ * `row` = its q in this token (`+ uniforms.d`: k, `+ 2 * uniforms.d`: v; tokens `rs` = 3D apart),
+ * `orow` = this token's head in the `[N*T, D]` output.
  */
 const ATTN_INDEX = `
       let tok = i % uniforms.t;
       let nh = i / uniforms.t;
+      let hh = nh % uniforms.h;
       let n = nh / uniforms.h;
-      let head0 = n * uniforms.t * uniforms.d + (nh % uniforms.h) * uniforms.hd;
-      let row = head0 + tok * uniforms.d;`;
+      let head0 = n * uniforms.t * uniforms.rs + hh * uniforms.hd;
+      let row = head0 + tok * uniforms.rs;
+      let orow = (n * uniforms.t + tok) * uniforms.d + hh * uniforms.hd;`;
 
-/** WGSL: the scaled score of query row `qr` and key row `kr` (q * scale first, as tf does). */
+/** WGSL: `s`, the scaled score of the q at `qr` and the k of the token at `kr` (q * scale first, as tf). */
 const SCORE = (qr: string, kr: string) => `
         var s = 0.0;
-        for (var c = 0; c < uniforms.hd; c++) { s += (Q[${qr} + c] * uniforms.scale) * K[${kr} + c]; }`;
+        for (var c = 0; c < uniforms.hd; c++) {
+          s += (QKV[${qr} + c] * uniforms.scale) * QKV[${kr} + uniforms.d + c];
+        }`;
+
+/** The uniforms of the attention kernels for `qkv [N*T, 3D]`. */
+function attentionUniforms(qkv: tf.Tensor, dims: { tokens: number; heads: number }) {
+  const rs = qkv.shape[qkv.rank - 1];
+  const d = rs / 3;
+  const hd = d / dims.heads;
+  return {
+    threads: (qkv.size / rs) * dims.heads,
+    ints: { t: dims.tokens, h: dims.heads, hd, d, rs },
+    floats: { scale: 1 / Math.sqrt(hd) },
+  };
+}
 
 /**
- * Scaled dot-product attention `softmax(q k^T * scale) v` for `q`, `k`, `v` in the layout the
- * projections make, `[N*T, H*hd]` (head h at columns h*hd ...): no head transposes, no `[T, T]`
- * map in memory. One thread per (sample, head, query) runs two passes over the keys: the max, then
- * the exponentials summed and accumulated with the values (normalised at the end). Result
- * `[N*T, H*hd]`, heads merged.
+ * LayerNorm (no affine, as torch) of each head's q and k in the packed `qkv [N*T, 3D]`, v passed
+ * through: rows of `hd` values, one thread each. With `dy`, the input gradient instead (v's
+ * gradient passes through).
  */
-export function attentionWgsl(
-  q: tf.Tensor,
-  k: tf.Tensor,
-  v: tf.Tensor,
-  dims: { tokens: number; heads: number },
-): tf.Tensor {
-  const [rows, d] = rowsOf(q);
-  const hd = d / dims.heads;
+export function qkNormWgsl(qkv: tf.Tensor, heads: number, eps: number, dy?: tf.Tensor): tf.Tensor {
+  const hd = qkv.shape[qkv.rank - 1] / 3 / heads;
+  const rows = qkv.size / hd;
+  const pass = dy ? "DY" : "X";
   return runKernel(
-    "attention",
-    { Q: q, K: k, V: v },
-    q.shape,
-    rows * dims.heads,
-    `${ATTN_INDEX}
-      var mx = -3.402823e38;
-      for (var j = 0; j < uniforms.t; j++) {${SCORE("row", "head0 + j * uniforms.d")}
-        mx = max(mx, s);
+    dy ? "qknorm_grad" : "qknorm",
+    dy ? { X: qkv, DY: dy } : { X: qkv },
+    qkv.shape,
+    rows,
+    `
+      if ((i % (3 * uniforms.h)) / uniforms.h == 2) { // a head of v
+        for (var j = 0; j < uniforms.d; j++) { result[i * uniforms.d + j] = ${pass}[i * uniforms.d + j]; }
+        return;
+      }${ROW_STATS}${
+      dy
+        ? `
+      var sg = 0.0;
+      var sgy = 0.0;
+      for (var j = 0; j < uniforms.d; j++) {
+        sg += DY[base + j];
+        sgy += DY[base + j] * (X[base + j] - mean) * rstd;
       }
-      var sum = 0.0;
-      var acc : array<f32, ${MAX_HEAD_DIM}>;
-      for (var j = 0; j < uniforms.t; j++) {${SCORE("row", "head0 + j * uniforms.d")}
-        let e = exp(s - mx);
-        sum += e;
-        let kr = head0 + j * uniforms.d;
-        for (var c = 0; c < uniforms.hd; c++) { acc[c] += e * V[kr + c]; }
-      }
-      for (var c = 0; c < uniforms.hd; c++) { result[row + c] = acc[c] / sum; }`,
-    { t: dims.tokens, h: dims.heads, hd, d },
-    { scale: 1 / Math.sqrt(hd) },
+      let mg = sg / f32(uniforms.d);
+      let mgy = sgy / f32(uniforms.d);
+      for (var j = 0; j < uniforms.d; j++) {
+        result[base + j] = rstd * (DY[base + j] - mg - (X[base + j] - mean) * rstd * mgy);
+      }`
+        : `
+      for (var j = 0; j < uniforms.d; j++) { result[base + j] = (X[base + j] - mean) * rstd; }`
+    }`,
+    { d: hd, h: heads },
+    { eps },
   );
 }
 
 /**
- * The gradients of {@link attentionWgsl} for output gradient `dO` and output `o`: per query row
- * the softmax statistics (max, sum, and `delta = dO . o`) once, then `dq`, `dk`, `dv`, each from
- * scores recomputed on the fly. With `P` the attention and `dS = P * (dO v^T - delta)`:
- * `dq = dS k * scale`, `dk = dS^T (q * scale)`, `dv = P^T dO`.
+ * Scaled dot-product attention `softmax(q k^T * scale) v` per (sample, head) on the packed
+ * `qkv [N*T, 3D]`: no head transposes, no `[T, T]` map in memory. One thread per (sample, head,
+ * query) runs two passes over the keys: the max, then the exponentials summed and accumulated with
+ * the values (normalised at the end). Result `[N*T, D]`, heads merged.
+ */
+export function attentionWgsl(
+  qkv: tf.Tensor,
+  dims: { tokens: number; heads: number },
+): tf.Tensor {
+  const { threads, ints, floats } = attentionUniforms(qkv, dims);
+  return runKernel(
+    "attention",
+    { QKV: qkv },
+    [qkv.size / ints.rs, ints.d],
+    threads,
+    `${ATTN_INDEX}
+      var mx = -3.402823e38;
+      for (var j = 0; j < uniforms.t; j++) {${SCORE("row", "head0 + j * uniforms.rs")}
+        mx = max(mx, s);
+      }
+      var sum = 0.0;
+      var acc : array<f32, ${MAX_HEAD_DIM}>;
+      for (var j = 0; j < uniforms.t; j++) {
+        let kr = head0 + j * uniforms.rs;${SCORE("row", "kr")}
+        let e = exp(s - mx);
+        sum += e;
+        for (var c = 0; c < uniforms.hd; c++) { acc[c] += e * QKV[kr + 2 * uniforms.d + c]; }
+      }
+      for (var c = 0; c < uniforms.hd; c++) { result[orow + c] = acc[c] / sum; }`,
+    ints,
+    floats,
+  );
+}
+
+/**
+ * The gradient of {@link attentionWgsl} with respect to `qkv`, for the output `o` and its gradient
+ * `dO` (`[N*T, D]`): the softmax statistics of each query row (max, sum, `delta = dO . o`) in one
+ * kernel, then one thread per (sample, head, token) computes that token's `dq` (over the keys) and
+ * its `dk`, `dv` (over the queries) from scores recomputed on the fly, into the packed
+ * `[N*T, 3D]`. With `P` the attention and `dS = P * (dO v^T - delta)`: `dq = dS k * scale`,
+ * `dk = dS^T (q * scale)`, `dv = P^T dO`.
  */
 export function attentionGradWgsl(
-  q: tf.Tensor,
-  k: tf.Tensor,
-  v: tf.Tensor,
+  qkv: tf.Tensor,
   o: tf.Tensor,
   dO: tf.Tensor,
   dims: { tokens: number; heads: number },
-): [tf.Tensor, tf.Tensor, tf.Tensor] {
-  const [rows, d] = rowsOf(q);
-  const hd = d / dims.heads;
-  const ints = { t: dims.tokens, h: dims.heads, hd, d };
-  const floats = { scale: 1 / Math.sqrt(hd) };
-  const threads = rows * dims.heads;
+): tf.Tensor {
+  const { threads, ints, floats } = attentionUniforms(qkv, dims);
   const stats = runKernel(
     "attention_stats",
-    { Q: q, K: k, O: o, DO: dO },
+    { QKV: qkv, O: o, DO: dO },
     [threads, 3],
     threads,
     `${ATTN_INDEX}
       var mx = -3.402823e38;
-      for (var j = 0; j < uniforms.t; j++) {${SCORE("row", "head0 + j * uniforms.d")}
+      for (var j = 0; j < uniforms.t; j++) {${SCORE("row", "head0 + j * uniforms.rs")}
         mx = max(mx, s);
       }
       var sum = 0.0;
-      for (var j = 0; j < uniforms.t; j++) {${SCORE("row", "head0 + j * uniforms.d")}
+      for (var j = 0; j < uniforms.t; j++) {${SCORE("row", "head0 + j * uniforms.rs")}
         sum += exp(s - mx);
       }
       var delta = 0.0;
-      for (var c = 0; c < uniforms.hd; c++) { delta += DO[row + c] * O[row + c]; }
+      for (var c = 0; c < uniforms.hd; c++) { delta += DO[orow + c] * O[orow + c]; }
       result[i * 3] = mx;
       result[i * 3 + 1] = sum;
       result[i * 3 + 2] = delta;`,
     ints,
     floats,
   );
-  // dS for query row `qr` (stats index `si`) and key row `kr`, as `ds`; `p` is the attention.
-  const ds = (qr: string, kr: string, si: string) =>
+  // P and dS of query (q row `qr`, dO row `qo`, statistics `si`) and key (token row `kr`).
+  const pds = (qr: string, qo: string, si: string, kr: string) =>
     `${SCORE(qr, kr)}
-        let p = exp(s - St[${si} * 3]) / St[${si} * 3 + 1];
+        let si = ${si};
+        let p = exp(s - St[si * 3]) / St[si * 3 + 1];
         var dp = 0.0;
-        for (var c = 0; c < uniforms.hd; c++) { dp += DO[${qr} + c] * V[${kr} + c]; }
-        let ds = p * (dp - St[${si} * 3 + 2]);`;
-  const dq = runKernel(
-    "attention_dq",
-    { Q: q, K: k, V: v, DO: dO, St: stats },
-    q.shape,
+        for (var c = 0; c < uniforms.hd; c++) { dp += DO[${qo} + c] * QKV[${kr} + 2 * uniforms.d + c]; }
+        let ds = p * (dp - St[si * 3 + 2]);`;
+  const grad = runKernel(
+    "attention_grad",
+    { QKV: qkv, DO: dO, St: stats },
+    qkv.shape,
     threads,
     `${ATTN_INDEX}
-      var acc : array<f32, ${MAX_HEAD_DIM}>;
-      for (var j = 0; j < uniforms.t; j++) {
-        let kr = head0 + j * uniforms.d;${ds("row", "kr", "i")}
-        for (var c = 0; c < uniforms.hd; c++) { acc[c] += ds * K[kr + c]; }
+      var dq : array<f32, ${MAX_HEAD_DIM}>;
+      var dk : array<f32, ${MAX_HEAD_DIM}>;
+      var dv : array<f32, ${MAX_HEAD_DIM}>;
+      for (var j = 0; j < uniforms.t; j++) { // this token as the query, token j as the key
+        let kr = head0 + j * uniforms.rs;${pds("row", "orow", "i", "kr")}
+        for (var c = 0; c < uniforms.hd; c++) { dq[c] += ds * QKV[kr + uniforms.d + c]; }
       }
-      for (var c = 0; c < uniforms.hd; c++) { result[row + c] = acc[c] * uniforms.scale; }`,
+      let oj0 = n * uniforms.t * uniforms.d + hh * uniforms.hd;
+      for (var j = 0; j < uniforms.t; j++) { // token j as the query, this token as the key
+        let qr = head0 + j * uniforms.rs;
+        let qo = oj0 + j * uniforms.d;${pds("qr", "qo", "nh * uniforms.t + j", "row")}
+        for (var c = 0; c < uniforms.hd; c++) {
+          dk[c] += ds * (QKV[qr + c] * uniforms.scale);
+          dv[c] += p * DO[qo + c];
+        }
+      }
+      for (var c = 0; c < uniforms.hd; c++) {
+        result[row + c] = dq[c] * uniforms.scale;
+        result[row + uniforms.d + c] = dk[c];
+        result[row + 2 * uniforms.d + c] = dv[c];
+      }`,
     ints,
     floats,
   );
-  // dk and dv: one thread per key row, over the query rows `qr` of its (sample, head).
-  const perKey = (key: string, inputs: { [name: string]: tf.Tensor }, body: string) =>
-    runKernel(
-      key,
-      inputs,
-      q.shape,
-      threads,
-      `${ATTN_INDEX}
-      var acc : array<f32, ${MAX_HEAD_DIM}>;
-      for (var j = 0; j < uniforms.t; j++) {
-        let qr = head0 + j * uniforms.d;
-        let si = nh * uniforms.t + j;${body}
-      }
-      for (var c = 0; c < uniforms.hd; c++) { result[row + c] = acc[c]; }`,
-      ints,
-      floats,
-    );
-  const dk = perKey(
-    "attention_dk",
-    { Q: q, K: k, V: v, DO: dO, St: stats },
-    `${ds("qr", "row", "si")}
-        for (var c = 0; c < uniforms.hd; c++) { acc[c] += ds * (Q[qr + c] * uniforms.scale); }`,
-  );
-  const dv = perKey(
-    "attention_dv",
-    { Q: q, K: k, DO: dO, St: stats },
-    `${SCORE("qr", "row")}
-        let p = exp(s - St[si * 3]) / St[si * 3 + 1];
-        for (var c = 0; c < uniforms.hd; c++) { acc[c] += p * DO[qr + c]; }`,
-  );
   stats.dispose();
-  return [dq, dk, dv];
+  return grad;
 }
