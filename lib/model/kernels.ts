@@ -187,8 +187,11 @@ function splitKSlices(m: number): number {
  * @example
  * ```ts
  * import * as tf from "@tensorflow/tfjs-core";
+ * import { loadBackend } from "../runtime/backend.ts";
+ * await loadBackend("cpu");
  * import { splitKWeightGrad } from "./kernels.ts";
  * const g = splitKWeightGrad(tf.ones([2048, 3]), tf.ones([2048, 2])); // [3, 2], every value 2048
+ * if (g.shape.join() !== "3,2" || g.dataSync().some((v) => v !== 2048)) throw new Error("x^T dy");
  * ```
  */
 export function splitKWeightGrad(x: tf.Tensor2D, dy: tf.Tensor2D): tf.Tensor2D {
@@ -222,8 +225,11 @@ const linearOp = fused(
  * @example
  * ```ts
  * import * as tf from "@tensorflow/tfjs-core";
+ * import { loadBackend } from "../runtime/backend.ts";
+ * await loadBackend("cpu");
  * import { linearBias } from "./kernels.ts";
- * linearBias(tf.ones([2, 3]), tf.ones([3, 4]), tf.zeros([4])); // [2, 4], every value 3
+ * const y = linearBias(tf.ones([2, 3]), tf.ones([3, 4]), tf.zeros([4])); // [2, 4], every value 3
+ * if (y.dataSync().some((v) => v !== 3)) throw new Error("x @ w + b");
  * ```
  */
 export function linearBias(x: tf.Tensor2D, w: tf.Tensor2D, b: tf.Tensor1D): tf.Tensor2D {
@@ -253,8 +259,11 @@ const layerNormOp = fused((x: tf.Tensor, eps: tf.Tensor, save: tf.GradSaveFunc) 
  * @example
  * ```ts
  * import * as tf from "@tensorflow/tfjs-core";
+ * import { loadBackend } from "../runtime/backend.ts";
+ * await loadBackend("cpu");
  * import { layerNormFused } from "./kernels.ts";
- * layerNormFused(tf.tensor2d([[1, 2, 3]]), 1e-6); // ~[[-1.22, 0, 1.22]]
+ * const y = layerNormFused(tf.tensor2d([[1, 2, 3]]), 1e-6); // ~[[-1.22, 0, 1.22]]
+ * if (Math.abs(y.dataSync()[0] + 1.2247) > 1e-3) throw new Error("normalised");
  * ```
  */
 export function layerNormFused(x: tf.Tensor, eps: number): tf.Tensor {
@@ -278,7 +287,7 @@ function onWebGpu(): boolean {
  * @example
  * ```ts
  * import { wgslAttention } from "./kernels.ts";
- * wgslAttention(); // false unless the webgpu backend is active
+ * if (wgslAttention()) throw new Error("false unless the webgpu backend is active");
  * ```
  */
 export function wgslAttention(): boolean {
@@ -325,6 +334,8 @@ const gpuOpsByEps = new Map<
  * @example
  * ```ts
  * import * as tf from "@tensorflow/tfjs-core";
+ * import { loadBackend } from "../runtime/backend.ts";
+ * await loadBackend("cpu");
  * import { layerNormModulate } from "./kernels.ts";
  * const y = layerNormModulate(tf.tensor3d([[[1, 2, 3]]]), tf.ones([1, 3]), tf.zeros([1, 3]), 1e-6);
  * // ~[[[-0.22, 1, 2.22]]]
@@ -362,8 +373,11 @@ const modulateOp = fused(
  * @example
  * ```ts
  * import * as tf from "@tensorflow/tfjs-core";
+ * import { loadBackend } from "../runtime/backend.ts";
+ * await loadBackend("cpu");
  * import { modulateFused } from "./kernels.ts";
- * modulateFused(tf.ones([1, 2, 3]), tf.ones([1, 3]), tf.ones([1, 3])); // every value 3
+ * const y = modulateFused(tf.ones([1, 2, 3]), tf.ones([1, 3]), tf.ones([1, 3])); // every value 3
+ * if (y.dataSync().some((v) => v !== 3)) throw new Error("x * (1 + scale) + shift");
  * ```
  */
 export function modulateFused(x: tf.Tensor3D, shift: tf.Tensor2D, scale: tf.Tensor2D): tf.Tensor3D {
@@ -401,8 +415,11 @@ const attentionCoreOp = fused(
  * @example
  * ```ts
  * import * as tf from "@tensorflow/tfjs-core";
+ * import { loadBackend } from "../runtime/backend.ts";
+ * await loadBackend("cpu");
  * import { attentionCore } from "./kernels.ts";
  * const o = attentionCore(tf.ones([2, 4, 8]), tf.ones([2, 4, 8]), tf.ones([2, 4, 8])); // [2, 4, 8]
+ * if (o.dataSync().some((v) => Math.abs(v - 1) > 1e-6)) throw new Error("a mean of ones");
  * ```
  */
 export function attentionCore(q: tf.Tensor3D, k: tf.Tensor3D, v: tf.Tensor3D): tf.Tensor3D {
@@ -442,8 +459,11 @@ const attentionGpuOps = new Map<string, (...x: tf.Tensor[]) => tf.Tensor>();
  * @example
  * ```ts
  * import * as tf from "@tensorflow/tfjs-core";
+ * import { loadBackend } from "../runtime/backend.ts";
+ * await loadBackend("cpu");
  * import { attentionQkv } from "./kernels.ts";
  * const o = attentionQkv(tf.randomNormal([2, 4, 24]) as tf.Tensor3D, 2, 1e-6); // [2, 4, 8]
+ * if (o.shape.join() !== "2,4,8") throw new Error(`heads merged: ${o.shape}`);
  * ```
  */
 export function attentionQkv(qkv: tf.Tensor3D, heads: number, eps: number): tf.Tensor3D {
@@ -488,8 +508,11 @@ const swigluGateOp = fused((a: tf.Tensor, b: tf.Tensor, save: tf.GradSaveFunc) =
  * @example
  * ```ts
  * import * as tf from "@tensorflow/tfjs-core";
+ * import { loadBackend } from "../runtime/backend.ts";
+ * await loadBackend("cpu");
  * import { swigluGate } from "./kernels.ts";
- * swigluGate(tf.zeros([2, 3]), tf.ones([2, 3])); // every value 0
+ * const y = swigluGate(tf.zeros([2, 3]), tf.ones([2, 3])); // every value 0
+ * if (y.dataSync().some((v) => v !== 0)) throw new Error("silu(0) = 0");
  * ```
  */
 export function swigluGate(a: tf.Tensor, b: tf.Tensor): tf.Tensor {
@@ -538,8 +561,11 @@ const gatedResidualOp = fused(
  * @example
  * ```ts
  * import * as tf from "@tensorflow/tfjs-core";
+ * import { loadBackend } from "../runtime/backend.ts";
+ * await loadBackend("cpu");
  * import { gatedResidual } from "./kernels.ts";
- * gatedResidual(tf.ones([1, 2, 3]), tf.ones([1, 3]), tf.ones([1, 2, 3])); // every value 2
+ * const y = gatedResidual(tf.ones([1, 2, 3]), tf.ones([1, 3]), tf.ones([1, 2, 3])); // every value 2
+ * if (y.dataSync().some((v) => v !== 2)) throw new Error("x + gate * h");
  * ```
  */
 export function gatedResidual(x: tf.Tensor3D, gate: tf.Tensor2D, h: tf.Tensor3D): tf.Tensor3D {

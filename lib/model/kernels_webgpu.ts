@@ -76,6 +76,16 @@ function rowsOf(x: tf.Tensor): [number, number] {
  * LayerNorm over the last axis (no affine; biased variance, as torch), optionally followed by the
  * per-sample modulation `y * (1 + scale) + shift` (`x [N, T, D]`, `shift`, `scale` `[N, D]`). One
  * thread per row.
+ *
+ * @example
+ * ```ts
+ * import * as tf from "@tensorflow/tfjs-core";
+ * import { loadBackend } from "../runtime/backend.ts";
+ * import { layerNormWgsl } from "./kernels_webgpu.ts";
+ * await loadBackend("webgpu");
+ * const y = layerNormWgsl(tf.tensor2d([[1, 2, 3]]), 1e-6); // ~[[-1.22, 0, 1.22]]
+ * if (Math.abs((await y.data())[2] - 1.2247) > 1e-3) throw new Error("normalised");
+ * ```
  */
 export function layerNormWgsl(
   x: tf.Tensor,
@@ -119,6 +129,17 @@ const ROW_STATS = rowStats("X", "i");
 /**
  * The input gradient of {@link layerNormWgsl}: with `g = dy` (or `dy * (1 + scale)` when
  * modulated) and `y` the normalised row, `dx = rstd * (g - mean(g) - y * mean(g * y))`.
+ *
+ * @example
+ * ```ts
+ * import * as tf from "@tensorflow/tfjs-core";
+ * import { loadBackend } from "../runtime/backend.ts";
+ * import { layerNormGradWgsl } from "./kernels_webgpu.ts";
+ * await loadBackend("webgpu");
+ * const dx = layerNormGradWgsl(tf.tensor2d([[1, 2, 3]]), tf.ones([1, 3]), 1e-6);
+ * // a constant upstream gradient moves no normalised value: dx = 0
+ * if ((await dx.data()).some((v) => Math.abs(v) > 1e-6)) throw new Error("dx = 0");
+ * ```
  */
 export function layerNormGradWgsl(
   x: tf.Tensor,
@@ -159,6 +180,16 @@ export function layerNormGradWgsl(
  * Sums over the token axis of `[N, T, D]` into `[N, D]`, one thread per (sample, channel):
  * `sum_t a` (`kind` "plain"), `sum_t a * b` ("product") or `sum_t a * layerNorm(b)` ("normed",
  * the modulation scale's gradient; `eps` is LayerNorm's).
+ *
+ * @example
+ * ```ts
+ * import * as tf from "@tensorflow/tfjs-core";
+ * import { loadBackend } from "../runtime/backend.ts";
+ * import { tokenSumWgsl } from "./kernels_webgpu.ts";
+ * await loadBackend("webgpu");
+ * const s = tokenSumWgsl(tf.ones([2, 5, 3]), null, "plain"); // [2, 3], every value 5
+ * if ((await s.data()).some((v) => v !== 5)) throw new Error("sum over 5 tokens");
+ * ```
  */
 export function tokenSumWgsl(
   a: tf.Tensor,
@@ -194,7 +225,17 @@ export function tokenSumWgsl(
   ) as tf.Tensor2D;
 }
 
-/** Elementwise over same-shaped inputs: `expr` in terms of `A[i]`, `B[i]`, ... */
+/** Elementwise over same-shaped inputs: `expr` in terms of `A[i]`, `B[i]`, ... *
+ * @example
+ * ```ts
+ * import * as tf from "@tensorflow/tfjs-core";
+ * import { loadBackend } from "../runtime/backend.ts";
+ * import { elementwiseWgsl } from "./kernels_webgpu.ts";
+ * await loadBackend("webgpu");
+ * const y = elementwiseWgsl("double", { A: tf.ones([4]) }, "2.0 * A[i]");
+ * if ((await y.data()).some((v) => v !== 2)) throw new Error("every value 2");
+ * ```
+ */
 export function elementwiseWgsl(
   key: string,
   inputs: { [name: string]: tf.Tensor },
@@ -215,6 +256,16 @@ export function elementwiseWgsl(
 /**
  * `x + gate * h` with a per-sample `gate [N, D]` over `x`, `h` `[N, T, D]` (or, without `x`,
  * `gate * h`): the gated residual's forward and its `h` gradient.
+ *
+ * @example
+ * ```ts
+ * import * as tf from "@tensorflow/tfjs-core";
+ * import { loadBackend } from "../runtime/backend.ts";
+ * import { gateWgsl } from "./kernels_webgpu.ts";
+ * await loadBackend("webgpu");
+ * const y = gateWgsl(tf.ones([1, 2, 3]), tf.ones([1, 3]), tf.ones([1, 2, 3])); // x + gate * h
+ * if ((await y.data()).some((v) => v !== 2)) throw new Error("every value 2");
+ * ```
  */
 export function gateWgsl(x: tf.Tensor | null, gate: tf.Tensor, h: tf.Tensor): tf.Tensor {
   const [, t, d] = h.shape;
@@ -232,6 +283,16 @@ export function gateWgsl(x: tf.Tensor | null, gate: tf.Tensor, h: tf.Tensor): tf
 /**
  * Column sums of `x [R, C]` over `slices` equal runs of rows: `[slices, C]`, or `[C]` when
  * `slices` is 1. One thread per (slice, column), rows added in order.
+ *
+ * @example
+ * ```ts
+ * import * as tf from "@tensorflow/tfjs-core";
+ * import { loadBackend } from "../runtime/backend.ts";
+ * import { columnSumWgsl } from "./kernels_webgpu.ts";
+ * await loadBackend("webgpu");
+ * const s = columnSumWgsl(tf.ones([8, 3]) as tf.Tensor2D, 2); // [2, 3]: two slices of 4 rows
+ * if ((await s.data()).some((v) => v !== 4)) throw new Error("every value 4");
+ * ```
  */
 export function columnSumWgsl(x: tf.Tensor2D, slices = 1): tf.Tensor {
   const [r, c] = x.shape;
@@ -293,6 +354,18 @@ function attentionUniforms(qkv: tf.Tensor, dims: { tokens: number; heads: number
  * LayerNorm (no affine, as torch) of each head's q and k in the packed `qkv [N*T, 3D]`, v passed
  * through: rows of `hd` values, one thread each. With `dy`, the input gradient instead (v's
  * gradient passes through).
+ *
+ * @example
+ * ```ts
+ * import * as tf from "@tensorflow/tfjs-core";
+ * import { loadBackend } from "../runtime/backend.ts";
+ * import { qkNormWgsl } from "./kernels_webgpu.ts";
+ * await loadBackend("webgpu");
+ * const qkv = tf.randomNormal([4, 3 * 8]); // 4 tokens, D = 8 as 2 heads of 4
+ * const y = qkNormWgsl(qkv, 2, 1e-6); // q and k normalised per head, v as it was
+ * const [a, b] = [await y.data(), await qkv.data()];
+ * if (a[16] !== b[16]) throw new Error("v passes through");
+ * ```
  */
 export function qkNormWgsl(qkv: tf.Tensor, heads: number, eps: number, dy?: tf.Tensor): tf.Tensor {
   const hd = qkv.shape[qkv.rank - 1] / 3 / heads;
@@ -334,6 +407,16 @@ export function qkNormWgsl(qkv: tf.Tensor, heads: number, eps: number, dy?: tf.T
  * `qkv [N*T, 3D]`: no head transposes, no `[T, T]` map in memory. One thread per (sample, head,
  * query) runs two passes over the keys: the max, then the exponentials summed and accumulated with
  * the values (normalised at the end). Result `[N*T, D]`, heads merged.
+ *
+ * @example
+ * ```ts
+ * import * as tf from "@tensorflow/tfjs-core";
+ * import { loadBackend } from "../runtime/backend.ts";
+ * import { attentionWgsl } from "./kernels_webgpu.ts";
+ * await loadBackend("webgpu");
+ * const o = attentionWgsl(tf.ones([2 * 4, 3 * 8]), { tokens: 4, heads: 2 }); // [8, 8]
+ * if ((await o.data()).some((v) => Math.abs(v - 1) > 1e-6)) throw new Error("a mean of ones");
+ * ```
  */
 export function attentionWgsl(
   qkv: tf.Tensor,
@@ -371,6 +454,18 @@ export function attentionWgsl(
  * its `dk`, `dv` (over the queries) from scores recomputed on the fly, into the packed
  * `[N*T, 3D]`. With `P` the attention and `dS = P * (dO v^T - delta)`: `dq = dS k * scale`,
  * `dk = dS^T (q * scale)`, `dv = P^T dO`.
+ *
+ * @example
+ * ```ts
+ * import * as tf from "@tensorflow/tfjs-core";
+ * import { loadBackend } from "../runtime/backend.ts";
+ * import { attentionGradWgsl, attentionWgsl } from "./kernels_webgpu.ts";
+ * await loadBackend("webgpu");
+ * const qkv = tf.ones([4, 3 * 8]);
+ * const o = attentionWgsl(qkv, { tokens: 4, heads: 2 });
+ * const g = attentionGradWgsl(qkv, o, tf.ones([4, 8]), { tokens: 4, heads: 2 }); // [4, 24]
+ * if (g.shape.join() !== "4,24") throw new Error(String(g.shape));
+ * ```
  */
 export function attentionGradWgsl(
   qkv: tf.Tensor,

@@ -25,8 +25,11 @@ import { isWasmBackend } from "../runtime/backend.ts";
  * @example
  * ```ts
  * import * as tf from "@tensorflow/tfjs-core";
+ * import { loadBackend } from "../runtime/backend.ts";
+ * await loadBackend("cpu");
  * import { transposeLast } from "./matmul.ts";
- * transposeLast(tf.ones([5, 2, 3])).shape; // [5, 3, 2]
+ * const t = transposeLast(tf.ones([5, 2, 3])); // [5, 3, 2]
+ * if (t.shape.join() !== "5,3,2") throw new Error(String(t.shape));
  * ```
  */
 export function transposeLast(x: tf.Tensor): tf.Tensor {
@@ -106,8 +109,11 @@ function wasmBatched(a: tf.Tensor3D, b: tf.Tensor3D): tf.Tensor3D | null {
  * @example
  * ```ts
  * import * as tf from "@tensorflow/tfjs-core";
+ * import { loadBackend } from "../runtime/backend.ts";
+ * await loadBackend("cpu");
  * import { plainMatmul } from "./matmul.ts";
  * const c = plainMatmul(tf.ones([5, 2, 3]), tf.ones([5, 3, 4])); // [5, 2, 4], every value 3
+ * if (c.dataSync().some((v) => v !== 3)) throw new Error("a @ b");
  * ```
  */
 export function plainMatmul(a: tf.Tensor, b: tf.Tensor): tf.Tensor {
@@ -158,8 +164,11 @@ export interface GemmOptions {
  * @example
  * ```ts
  * import * as tf from "@tensorflow/tfjs-core";
+ * import { loadBackend } from "../runtime/backend.ts";
+ * await loadBackend("cpu");
  * import { gemm } from "./matmul.ts";
  * const c = gemm(tf.ones([3, 2]), tf.ones([4, 3]), { transposeA: true, transposeB: true }); // [2, 4]
+ * if (c.shape.join() !== "2,4" || c.dataSync()[0] !== 3) throw new Error("a^T @ b^T");
  * ```
  */
 export function gemm(a: tf.Tensor, b: tf.Tensor, options: GemmOptions = {}): tf.Tensor {
@@ -312,8 +321,11 @@ const customMatmul = tf.customGrad(
  * @example
  * ```ts
  * import * as tf from "@tensorflow/tfjs-core";
+ * import { loadBackend } from "../runtime/backend.ts";
+ * await loadBackend("cpu");
  * import { matmul } from "./matmul.ts";
  * const c = matmul(tf.ones([2, 3]), tf.ones([3, 4])); // [2, 4], every value 3
+ * if (c.dataSync().some((v) => v !== 3)) throw new Error("a @ b");
  * ```
  */
 export function matmul<T extends tf.Tensor>(a: T, b: tf.Tensor): T {
