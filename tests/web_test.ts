@@ -302,7 +302,7 @@ Deno.test({
           console.warn(
             `SKIP generating on WebGPU in chromium: ${
               adapter
-                ? "SwiftShader (a CPU WebGPU) took about 15 minutes for these 2 images on 2 cores; " +
+                ? "SwiftShader (a CPU WebGPU) takes minutes for these 2 images on 2 cores; " +
                   "ANTHOS_WEB_WEBGPU=1 runs it"
                 : "no WebGPU adapter in headless chromium"
             }`,
