@@ -312,7 +312,7 @@ export function columnSumWgsl(x: tf.Tensor2D, slices = 1): tf.Tensor {
   );
 }
 
-/** The largest head dimension the attention kernels take (their per-thread accumulators). */
+/** The largest head dimension the attention kernels take (their per-thread accumulators, hd long). */
 export const MAX_HEAD_DIM = 64;
 
 /**
@@ -424,7 +424,7 @@ export function attentionWgsl(
 ): tf.Tensor {
   const { threads, ints, floats } = attentionUniforms(qkv, dims);
   return runKernel(
-    "attention",
+    `attention_hd${ints.hd}`, // the accumulators are hd long: one pipeline per head size
     { QKV: qkv },
     [qkv.size / ints.rs, ints.d],
     threads,
@@ -434,7 +434,7 @@ export function attentionWgsl(
         mx = max(mx, s);
       }
       var sum = 0.0;
-      var acc : array<f32, ${MAX_HEAD_DIM}>;
+      var acc : array<f32, ${ints.hd}>;
       for (var j = 0; j < uniforms.t; j++) {
         let kr = head0 + j * uniforms.rs;${SCORE("row", "kr")}
         let e = exp(s - mx);
@@ -505,14 +505,14 @@ export function attentionGradWgsl(
         for (var c = 0; c < uniforms.hd; c++) { dp += DO[${qo} + c] * QKV[${kr} + 2 * uniforms.d + c]; }
         let ds = p * (dp - St[si * 3 + 2]);`;
   const grad = runKernel(
-    "attention_grad",
+    `attention_grad_hd${ints.hd}`,
     { QKV: qkv, DO: dO, St: stats },
     qkv.shape,
     threads,
     `${ATTN_INDEX}
-      var dq : array<f32, ${MAX_HEAD_DIM}>;
-      var dk : array<f32, ${MAX_HEAD_DIM}>;
-      var dv : array<f32, ${MAX_HEAD_DIM}>;
+      var dq : array<f32, ${ints.hd}>;
+      var dk : array<f32, ${ints.hd}>;
+      var dv : array<f32, ${ints.hd}>;
       for (var j = 0; j < uniforms.t; j++) { // this token as the query, token j as the key
         let kr = head0 + j * uniforms.rs;${pds("row", "orow", "i", "kr")}
         for (var c = 0; c < uniforms.hd; c++) { dq[c] += ds * QKV[kr + uniforms.d + c]; }
