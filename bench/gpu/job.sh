@@ -80,11 +80,14 @@ elif [ "$SMOKE" = 1 ]; then
   BENCH_ARGS=${BENCH_ARGS:---batches 2 --steps 2 --sample-batch 2 --no-torch --no-vae}
   run 2_bench 300 "${D[@]}" tasks/bench.ts --backends webgpu $BENCH_ARGS
   run 2b_ops 120 env SMOKE=1 "${D[@]}" bench/gpu/ops.ts
+  grep -o 'ANTHOS_WGSL=[a-z0-9-]*' "$OUT/2b_ops.txt" | tail -1 > "$STAGED/wgsl.env" || true
   run 3_torch 120 env SMOKE=1 /usr/bin/python3 "$KIT/torch_anchor.py"
 else
   BENCH_ARGS=${BENCH_ARGS:---batches 256 --steps 20 --sample-batch 64 --no-torch --no-vae}
   run 2_bench 200 "${D[@]}" tasks/bench.ts --backends webgpu $BENCH_ARGS
-  run 2b_ops 90 "${D[@]}" bench/gpu/ops.ts # where a step's time goes (phases, products)
+  run 2b_ops 120 "${D[@]}" bench/gpu/ops.ts # where a step's time goes (phases, products)
+  # Train with the fastest ANTHOS_WGSL setting on this GPU (kept for later calls on this machine).
+  grep -o 'ANTHOS_WGSL=[a-z0-9-]*' "$OUT/2b_ops.txt" | tail -1 > "$STAGED/wgsl.env" || true
   run 3_torch 110 env PYTHONUNBUFFERED=1 python3 "$KIT/torch_anchor.py"
 fi
 
@@ -114,6 +117,10 @@ else
   done < "$STAGED/data/paths.txt"
   left=$((JOB_SECONDS - $(elapsed) - 40)) # 40 s: start-up, final checkpoint, copy-out
   [ -n "${TRAIN_SECONDS:-}" ] && [ "$TRAIN_SECONDS" -lt "$left" ] && left=$TRAIN_SECONDS
+  if [ -s "$STAGED/wgsl.env" ] && ! grep -q default "$STAGED/wgsl.env"; then
+    export "$(cat "$STAGED/wgsl.env")"
+  fi
+  echo "training with ANTHOS_WGSL=${ANTHOS_WGSL:-default} (the fastest full step of stage 2b)"
   if [ "$left" -gt 20 ]; then
     minutes=$(awk "BEGIN { printf \"%.2f\", ($left - 15) / 60 }")
     run 4_train $((left + 30)) "${D[@]}" tasks/train.ts "${FLAGS[@]}" --out "$RUN" \

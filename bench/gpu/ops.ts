@@ -23,7 +23,8 @@ import { Rng } from "../../lib/runtime/rng.ts";
 
 const smoke = Deno.env.get("SMOKE") === "1";
 const batch = Number(Deno.args[0] ?? (smoke ? 2 : 256));
-const reps = smoke ? 2 : 10;
+// Timed repetitions: few for the step phases (3 settings x 3 phases at ~1 s each on a GPU).
+let reps = smoke ? 2 : 3;
 const info = await loadBackend("webgpu");
 console.log(`RESULT ops backend ${info.name} ${info.adapter ?? ""} batch ${batch}`);
 
@@ -56,6 +57,7 @@ const fmt = (name: string, [wall, enq, cpu]: [number, number, number], extra = "
   );
 
 // 1) A training step in phases, with each setting of ANTHOS_WGSL (read at each op).
+const fullStep = new Map<string, number>(); // setting -> wall ms of the full step
 for (const wgsl of ["", "no-attention", "0"]) {
   if (wgsl) Deno.env.set("ANTHOS_WGSL", wgsl);
   else Deno.env.delete("ANTHOS_WGSL");
@@ -92,12 +94,17 @@ for (const wgsl of ["", "no-attention", "0"]) {
     enq,
     (cpu.user + cpu.system) / 1000 / reps,
   ]);
+  fullStep.set(wgsl, wall);
   trainer.dispose();
   tf.dispose([data, b.xt, b.t, b.y, b.v]);
 }
 Deno.env.delete("ANTHOS_WGSL");
+// The fastest setting for this device: the GPU job trains with it (bench/gpu/job.sh).
+const [best] = [...fullStep].sort((a, b) => a[1] - b[1])[0];
+console.log(`RESULT fastest full step: ANTHOS_WGSL=${best || "default"}`);
 
 // 2) Products on the model's shapes (M = tokens of the batch), and memory-bound kernels.
+reps = smoke ? 2 : 10;
 {
   const m = batch * 256;
   const r = new Rng(1);
