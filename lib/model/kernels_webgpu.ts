@@ -338,6 +338,13 @@ const SCORE = (qr: string, kr: string) => `
           s += (QKV[${qr} + c] * uniforms.scale) * QKV[${kr} + uniforms.d + c];
         }`;
 
+/** WGSL: `mx`, the largest score of this thread's query row (the softmax's first pass). */
+const ROW_MAX = `
+      var mx = -3.402823e38;
+      for (var j = 0; j < uniforms.t; j++) {${SCORE("row", "head0 + j * uniforms.rs")}
+        mx = max(mx, s);
+      }`;
+
 /** The uniforms of the attention kernels for `qkv [N*T, 3D]`. */
 function attentionUniforms(qkv: tf.Tensor, dims: { tokens: number; heads: number }) {
   const rs = qkv.shape[qkv.rank - 1];
@@ -429,10 +436,7 @@ export function attentionWgsl(
     [qkv.size / ints.rs, ints.d],
     threads,
     `${ATTN_INDEX}
-      var mx = -3.402823e38;
-      for (var j = 0; j < uniforms.t; j++) {${SCORE("row", "head0 + j * uniforms.rs")}
-        mx = max(mx, s);
-      }
+${ROW_MAX}
       var sum = 0.0;
       var acc : array<f32, ${ints.hd}>;
       for (var j = 0; j < uniforms.t; j++) {
@@ -480,10 +484,7 @@ export function attentionGradWgsl(
     [threads, 3],
     threads,
     `${ATTN_INDEX}
-      var mx = -3.402823e38;
-      for (var j = 0; j < uniforms.t; j++) {${SCORE("row", "head0 + j * uniforms.rs")}
-        mx = max(mx, s);
-      }
+${ROW_MAX}
       var sum = 0.0;
       for (var j = 0; j < uniforms.t; j++) {${SCORE("row", "head0 + j * uniforms.rs")}
         sum += exp(s - mx);
