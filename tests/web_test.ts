@@ -245,6 +245,8 @@ Deno.test({
           (await page.$eval("#backend", (e) => e.textContent!)).startsWith("running on wasm"),
           "the page does not say it runs on wasm",
         );
+        // Weights without a training record claim nothing: no note about the model.
+        assert(await page.$eval("#model-note", (e) => (e as HTMLElement).hidden), "model note");
         const tiles = await generateInPage(page);
         assertEquals(tiles.map((t) => t.caption), ["rose · #0", "sunflower · #1"]);
         await useBackend("wasm");
@@ -290,7 +292,19 @@ Deno.test({
 
         // ---- WebGPU: without ?backend the page takes WebGPU exactly when the browser has an
         // adapter (SwiftShader in headless chromium here), and says so.
+        // The same weights as an unfinished run's export: the page says how far it is.
+        const config = JSON.parse(await Deno.readTextFile(`${repo}/weights/config.json`));
+        config.training = { step: 5, steps: 100 };
+        await Deno.writeTextFile(`${repo}/weights/config.json`, JSON.stringify(config));
         const auto = await openPage(browser, url);
+        const note = await auto.$eval("#model-note", (e) => ({
+          hidden: (e as HTMLElement).hidden,
+          text: e.textContent!,
+        }));
+        assert(
+          !note.hidden && note.text.includes("early checkpoint: step 5 of 100 (5.0%)"),
+          note.text,
+        );
         const adapter = await auto.evaluate(async () =>
           // deno-lint-ignore no-explicit-any
           (await (navigator as any).gpu?.requestAdapter()) != null
