@@ -11,12 +11,11 @@
  * @module
  */
 
-import { fileURLToPath } from "node:url";
 import { exists } from "../io/fs.ts";
 import { env } from "../runtime/env.ts";
 import { type Autoencoder, type AutoencoderKind, AUTOENCODERS } from "./autoencoder.ts";
 import { AutoencoderKL } from "./kl.ts";
-import { anthosHome, downloadFile } from "../io/download.ts";
+import { anthosHome, downloadFile, sharedTaesdDir } from "../io/download.ts";
 import { Taesd } from "./taesd.ts";
 
 /** Options of {@link loadAutoencoder}. */
@@ -68,19 +67,10 @@ export async function loadAutoencoder(
   );
 }
 
-/**
- * Where TAESD's files are looked for, in order: the Anthos cache (`$ANTHOS_HOME/taesd`), then the
- * shared reference folder (`$ANTHOS_SHARED/weights/taesd`, else `../shared/weights/taesd` beside a
- * local checkout).
- */
+/** Where TAESD's files are looked for, in order: the Anthos cache, then {@link sharedTaesdDir}. */
 function taesdDirs(): string[] {
-  const dirs = [`${anthosHome()}/taesd`];
-  const beside = import.meta.url.startsWith("file:")
-    ? fileURLToPath(new URL("../../../shared", import.meta.url))
-    : undefined;
-  const shared = env.shared ?? beside;
-  if (shared) dirs.push(`${shared.replace(/\/+$/, "")}/weights/taesd`);
-  return dirs;
+  const shared = sharedTaesdDir();
+  return shared ? [`${anthosHome()}/taesd`, shared] : [`${anthosHome()}/taesd`];
 }
 
 /** The first folder of {@link taesdDirs} that holds both files, or an error saying where to put them. */

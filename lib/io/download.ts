@@ -13,6 +13,7 @@
 import { createHash, type Hash } from "node:crypto";
 import { homedir } from "node:os";
 import { dirname } from "node:path";
+import { fileURLToPath } from "node:url";
 import { env } from "../runtime/env.ts";
 
 /** Options of {@link downloadFile}. */
@@ -29,6 +30,26 @@ export interface DownloadOptions {
   manualHint?: string;
   /** The fetch to use (tests, proxies); defaults to the global fetch. */
   fetch?: typeof fetch;
+}
+
+/**
+ * The shared reference folder's TAESD files: `$ANTHOS_SHARED/weights/taesd`, else
+ * `../shared/weights/taesd` beside a local checkout; null for a remote import without
+ * `$ANTHOS_SHARED`. The second place `loadAutoencoder("taesd")` looks (after the cache), and the
+ * demo server's default.
+ *
+ * @example
+ * ```ts
+ * import { sharedTaesdDir } from "./download.ts";
+ * sharedTaesdDir(); // e.g. "/work/shared/weights/taesd"
+ * ```
+ */
+export function sharedTaesdDir(): string | null {
+  const beside = import.meta.url.startsWith("file:")
+    ? fileURLToPath(new URL("../../../shared", import.meta.url))
+    : undefined;
+  const shared = env.shared ?? beside;
+  return shared ? `${shared.replace(/\/+$/, "")}/weights/taesd` : null;
 }
 
 /**

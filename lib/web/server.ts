@@ -17,8 +17,8 @@
 
 import { bundleDemo, type DemoBundle, REPO_ROOT } from "./bundle.ts";
 import { AUTOENCODERS } from "../autoencoders/autoencoder.ts";
-import { env } from "../runtime/env.ts";
 import { isFile } from "../io/fs.ts";
+import { sharedTaesdDir } from "../io/download.ts";
 
 /** Options of {@link demoHandler} and {@link serveDemo}. */
 export interface DemoOptions {
@@ -62,8 +62,8 @@ const TYPES: Record<string, string> = {
 };
 
 /**
- * The default TAESD folder: `$ANTHOS_SHARED/weights/taesd`, else `../shared/weights/taesd`
- * beside the repository.
+ * The default TAESD folder: the shared reference folder's, as `loadAutoencoder` finds it
+ * (`$ANTHOS_SHARED/weights/taesd`, else `../shared/weights/taesd` beside the repository).
  *
  * @example
  * ```ts
@@ -72,8 +72,7 @@ const TYPES: Record<string, string> = {
  * ```
  */
 export function defaultVaeDir(): string {
-  const shared = env.shared;
-  return `${shared ?? `${REPO_ROOT}../shared`}/weights/taesd`.replace(/\/+/g, "/");
+  return sharedTaesdDir() ?? `${REPO_ROOT}../shared/weights/taesd`;
 }
 
 /**
