@@ -61,7 +61,12 @@ async function main(): Promise<number> {
     : run?.latentMetadata;
   // The run's record (data, phases, device, validation) goes into config.json as train's does.
   const { step, trainConfig } = await checkpointInfo(o.checkpoint);
-  const training = run ? await folder.provenance(step, Number(trainConfig.batchSize)) : null;
+  const training = run
+    ? await folder.provenance(run, {
+      step,
+      batchSize: Number(trainConfig.batchSize),
+    })
+    : null;
   const vae = o.vae ?? latentMetadata?.vae;
   if (!vae) {
     console.error(

@@ -200,14 +200,15 @@ export class RunFolder {
   }
 
   /**
-   * The provenance of the run's state at `step` as recorded on disk (`run.json`, the ledger line
-   * that ended at `step`, the log's validation at `step`), for exporting a checkpoint after the
-   * session that wrote it, e.g. one trained on a GPU machine and copied here. Null without
-   * `run.json`.
+   * The provenance of the run's state at `step` as recorded on disk (`info` = its `run.json`, the
+   * ledger line that ended at `step`, the log's validation at `step`), for exporting a checkpoint
+   * after the session that wrote it, e.g. one trained on a GPU machine and copied here.
    */
-  async provenance(step: number, batchSize: number): Promise<TrainingProvenance | null> {
-    const info = await this.readInfo();
-    if (!info) return null;
+  async provenance(
+    info: RunInfo,
+    at: { step: number; batchSize: number },
+  ): Promise<TrainingProvenance> {
+    const { step, batchSize } = at;
     const slot = (await readLedger(this.ledger)).findLast((l) => l.stepsTo === step);
     const logged = (await readLog(this.log)).findLast((r) => r.step === step && r.valBuckets);
     return trainingProvenance(info, {
