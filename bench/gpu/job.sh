@@ -80,15 +80,16 @@ elif [ "$SMOKE" = 1 ]; then
   BENCH_ARGS=${BENCH_ARGS:---batches 2 --steps 2 --sample-batch 2 --no-torch --no-vae}
   run 2_bench 300 "${D[@]}" tasks/bench.ts --backends webgpu $BENCH_ARGS
   run 2b_ops 120 env SMOKE=1 "${D[@]}" bench/gpu/ops.ts
-  grep -o 'ANTHOS_WGSL=[a-z0-9-]*' "$OUT/2b_ops.txt" | tail -1 > "$STAGED/wgsl.env" || true
   run 3_torch 120 env SMOKE=1 /usr/bin/python3 "$KIT/torch_anchor.py"
 else
   BENCH_ARGS=${BENCH_ARGS:---batches 256 --steps 20 --sample-batch 64 --no-torch --no-vae}
   run 2_bench 200 "${D[@]}" tasks/bench.ts --backends webgpu $BENCH_ARGS
   run 2b_ops 120 "${D[@]}" bench/gpu/ops.ts # where a step's time goes (phases, products)
-  # Train with the fastest ANTHOS_WGSL setting on this GPU (kept for later calls on this machine).
-  grep -o 'ANTHOS_WGSL=[a-z0-9-]*' "$OUT/2b_ops.txt" | tail -1 > "$STAGED/wgsl.env" || true
   run 3_torch 110 env PYTHONUNBUFFERED=1 python3 "$KIT/torch_anchor.py"
+fi
+# Train with the fastest ANTHOS_WGSL setting of stage 2b (kept for later calls on this machine).
+if [ "${SKIP_BENCH:-0}" != 1 ] && [ -f "$OUT/2b_ops.txt" ]; then
+  grep -o 'ANTHOS_WGSL=[a-z0-9-]*' "$OUT/2b_ops.txt" | tail -1 > "$STAGED/wgsl.env" || true
 fi
 
 # The run: continue from its latest state on this machine (an earlier call's), else the kit's;
