@@ -112,3 +112,13 @@ export async function goldenWeightsRepo(
   );
   return dir;
 }
+
+/** Gives the config.json of a {@link goldenWeightsRepo} a training record (as an export writes). */
+export async function setTrainingRecord(
+  repo: string,
+  training: Record<string, unknown>,
+): Promise<void> {
+  const path = `${repo}/weights/config.json`;
+  const config = JSON.parse(await Deno.readTextFile(path));
+  await Deno.writeTextFile(path, JSON.stringify({ ...config, training }));
+}

@@ -3,7 +3,7 @@
 // Uses the golden random DiT weights and the real TAESD decoder from ../shared.
 import sharp from "sharp";
 import { assert, assertEquals } from "./_assert.ts";
-import { goldenWeightsRepo, sharedPath } from "./_shared.ts";
+import { goldenWeightsRepo, setTrainingRecord, sharedPath } from "./_shared.ts";
 
 const GOLDEN = sharedPath("spec/golden/weights.safetensors");
 const TAESD = sharedPath("weights/taesd");
@@ -313,13 +313,13 @@ Deno.test({
   ignore: !ok,
   fn: async () => {
     const repo = await tempRepo();
-    const config = (training: Record<string, unknown>) =>
-      Deno.writeTextFile(
-        `${repo}/weights/config.json`,
-        JSON.stringify({ format: "anthos", vae: { name: "taesd", scalingFactor: 1 }, training }),
-      );
     const args = ["rose", "--steps", "1", "--repo-dir", repo, "--out", `${repo}/o.png`];
-    await config({ step: 638, steps: 120000, device: "NVIDIA H200", valLoss: 1.8127 });
+    await setTrainingRecord(repo, {
+      step: 638,
+      steps: 120000,
+      device: "NVIDIA H200",
+      valLoss: 1.8127,
+    });
     const early = await sampleTask([...args, "--vae-dir", TAESD!]);
     assertEquals(early.code, 0, early.stderr);
     assert(
@@ -328,7 +328,7 @@ Deno.test({
       ),
       early.stderr,
     );
-    await config({ step: 120000, steps: 120000 });
+    await setTrainingRecord(repo, { step: 120000, steps: 120000 });
     // No --vae-dir: TAESD is found in ../shared beside the checkout (or $ANTHOS_SHARED).
     const done = await sampleTask(args);
     assertEquals(done.code, 0, done.stderr);

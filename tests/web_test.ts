@@ -11,7 +11,7 @@ import puppeteer, { type Browser, type Page } from "puppeteer-core";
 import sharp from "sharp";
 import * as tf from "@tensorflow/tfjs-core";
 import { assert, assertEquals, assertThrows } from "./_assert.ts";
-import { goldenWeightsRepo, IN_CI, sharedPath, useBackend } from "./_shared.ts";
+import { goldenWeightsRepo, IN_CI, setTrainingRecord, sharedPath, useBackend } from "./_shared.ts";
 import { AnthosPipeline, type GeneratedImage } from "../lib/pipeline/pipeline.ts";
 import { ClassNames } from "../lib/pipeline/classes.ts";
 import { DiT } from "../lib/model/dit.ts";
@@ -293,9 +293,7 @@ Deno.test({
         // ---- WebGPU: without ?backend the page takes WebGPU exactly when the browser has an
         // adapter (SwiftShader in headless chromium here), and says so.
         // The same weights as an unfinished run's export: the page says how far it is.
-        const config = JSON.parse(await Deno.readTextFile(`${repo}/weights/config.json`));
-        config.training = { step: 5, steps: 100 };
-        await Deno.writeTextFile(`${repo}/weights/config.json`, JSON.stringify(config));
+        await setTrainingRecord(repo, { step: 5, steps: 100 });
         const auto = await openPage(browser, url);
         const note = await auto.$eval("#model-note", (e) => ({
           hidden: (e as HTMLElement).hidden,
