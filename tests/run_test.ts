@@ -54,14 +54,20 @@ function assertSameBits(a: Map<string, Float32Array>, b: Map<string, Float32Arra
   }
 }
 
+/** wasm on, a temp folder, and a cache of `n` latents in it (`a.safetensors`). */
+async function oneCache(n: number): Promise<{ tmp: string; cache: string }> {
+  await loadBackend("wasm");
+  const tmp = await Deno.makeTempDir();
+  const cache = `${tmp}/a.safetensors`;
+  await makeCache(cache, n);
+  return { tmp, cache };
+}
+
 const open = (dir: string, data: string[], extra: Record<string, unknown> = {}) =>
   TrainingRun.open(dir, { preset: "smoke", data, overrides: tiny, ...extra });
 
 Deno.test("a time-limit stop + resume equals an uninterrupted run (weights, EMA, moments, log)", async () => {
-  await loadBackend("wasm");
-  const tmp = await Deno.makeTempDir();
-  const cache = `${tmp}/a.safetensors`;
-  await makeCache(cache, 40);
+  const { tmp, cache } = await oneCache(40);
   const straight = await open(`${tmp}/straight`, [cache], { steps: 6 });
   assertEquals((await straight.train()).reason, "done");
   straight.dispose();
@@ -107,10 +113,7 @@ Deno.test("a time-limit stop + resume equals an uninterrupted run (weights, EMA,
 });
 
 Deno.test("the held-out slice never trains; validation loss is logged beside the loss", async () => {
-  await loadBackend("wasm");
-  const tmp = await Deno.makeTempDir();
-  const cache = `${tmp}/a.safetensors`;
-  await makeCache(cache, 300);
+  const { tmp, cache } = await oneCache(300);
   const run = await open(`${tmp}/r`, [cache], { steps: 2 });
   const held = run.split.heldOut;
   assert(held.length > 0, "2% of 300 latents are held out");
@@ -182,10 +185,7 @@ Deno.test("issue 11.3: the trainer's seed must be an integer in 0..2^32-1 (no si
 });
 
 Deno.test("issue 11.9: stale temp files of our pattern are removed when the run opens again", async () => {
-  await loadBackend("wasm");
-  const tmp = await Deno.makeTempDir();
-  const cache = `${tmp}/a.safetensors`;
-  await makeCache(cache, 16);
+  const { tmp, cache } = await oneCache(16);
   const run = await open(`${tmp}/r`, [cache], { steps: 1 });
   await run.train();
   run.dispose();
@@ -204,10 +204,7 @@ Deno.test("issue 11.9: stale temp files of our pattern are removed when the run 
 });
 
 Deno.test("issue 11.10: resuming with the run's own preset (the --help example) is no change", async () => {
-  await loadBackend("wasm");
-  const tmp = await Deno.makeTempDir();
-  const cache = `${tmp}/a.safetensors`;
-  await makeCache(cache, 16);
+  const { tmp, cache } = await oneCache(16);
   const run = await open(`${tmp}/r`, [cache], { steps: 1 });
   await run.train();
   run.dispose();
@@ -229,10 +226,7 @@ Deno.test("issue 11.10: resuming with the run's own preset (the --help example) 
 });
 
 Deno.test("issue 11.11: a NaN before any checkpoint says none exists (no 'step 0 is kept')", async () => {
-  await loadBackend("wasm");
-  const tmp = await Deno.makeTempDir();
-  const cache = `${tmp}/a.safetensors`;
-  await makeCache(cache, 16);
+  const { tmp, cache } = await oneCache(16);
   const run = await TrainingRun.open(`${tmp}/r`, {
     preset: "smoke",
     data: [cache],
