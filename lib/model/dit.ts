@@ -26,7 +26,9 @@ import {
   layerNormFused,
   layerNormModulate,
   linearBias,
+  mergeHeads,
   modulateFused,
+  splitHeads,
   swigluGate,
   wgslAttention,
 } from "./kernels.ts";
@@ -402,11 +404,7 @@ function attention(x: tf.Tensor, p: BlockParams["attn"], heads: number): tf.Tens
     const y = fusedLayers()
       ? linearBias(x2 as tf.Tensor2D, ws[i] as tf.Tensor2D, bs[i] as tf.Tensor1D)
       : tf.add(matmul(x2, ws[i]), bs[i]); // [NT, D]
-    return tf.reshape(tf.transpose(tf.reshape(y, [n * t, heads, hd]), [1, 0, 2]), [
-      heads * n,
-      t,
-      hd,
-    ]); // [HN, T, hd]
+    return splitHeads(y, n, heads); // [HN, T, hd]
   });
   const q = layerNorm(q0);
   const k = layerNorm(k0);
@@ -418,8 +416,7 @@ function attention(x: tf.Tensor, p: BlockParams["attn"], heads: number): tf.Tens
     const logits = tf.mul(matmul(q, tf.transpose(k, [0, 2, 1])), 1 / Math.sqrt(hd)); // [HN, T, T]
     a = matmul(tf.softmax(logits), v); // [HN, T, hd]
   }
-  const merged = tf.reshape(tf.transpose(tf.reshape(a, [heads, n * t, hd]), [1, 0, 2]), [n, t, d]); // [N, T, D]
-  return linear(merged, p.proj);
+  return linear(mergeHeads(a, n, heads), p.proj); // [N, T, D] in
 }
 
 /** SwiGLU: w3(silu(w1 x) * w2 x). */

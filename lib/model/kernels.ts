@@ -475,17 +475,49 @@ export function attentionQkv(qkv: tf.Tensor3D, heads: number, eps: number): tf.T
     return tf.reshape(o, [n, t, d]) as tf.Tensor3D;
   }
   return tf.tidy(() => {
-    const [q, k, v] = tf.split(tf.reshape(qkv, [n * t, 3, heads, hd]), 3, 1).map((x, i) => {
-      const y = tf.reshape(tf.transpose(tf.reshape(x, [n * t, heads, hd]), [1, 0, 2]), [
-        heads * n,
-        t,
-        hd,
-      ]); // [HN, T, hd]
+    const [q, k, v] = tf.split(tf.reshape(qkv, [n * t, 3 * d]), 3, 1).map((x, i) => {
+      const y = splitHeads(x, n, heads); // [HN, T, hd]
       return i < 2 ? layerNormFused(y, eps) : y;
     });
     const a = attentionCore(q as tf.Tensor3D, k as tf.Tensor3D, v as tf.Tensor3D); // [HN, T, hd]
-    return tf.reshape(tf.transpose(tf.reshape(a, [heads, n * t, hd]), [1, 0, 2]), [n, t, d]); // [N, T, D]
+    return mergeHeads(a, n, heads); // [N, T, D]
   }) as tf.Tensor3D;
+}
+
+/**
+ * `[N*T, D]` -> `[H*N, T, hd]`: heads split out with one 3D transpose (5D ones are slow on wasm),
+ * slices ordered (head, sample).
+ *
+ * @example
+ * ```ts
+ * import * as tf from "@tensorflow/tfjs-core";
+ * import { loadBackend } from "../runtime/backend.ts";
+ * import { mergeHeads, splitHeads } from "./kernels.ts";
+ * await loadBackend("cpu");
+ * const x = tf.randomNormal([2 * 4, 6]); // N = 2 samples of T = 4 tokens, D = 6
+ * const h = splitHeads(x, 2, 3); // [6, 4, 2]
+ * const back = mergeHeads(h, 2, 3); // [2, 4, 6], x again
+ * const same = tf.all(tf.equal(tf.reshape(back, [8, 6]), x)).dataSync()[0];
+ * if (h.shape.join() !== "6,4,2" || !same) throw new Error("split and merge are inverses");
+ * ```
+ */
+export function splitHeads(x: tf.Tensor, samples: number, heads: number): tf.Tensor3D {
+  const [nt, d] = x.shape;
+  return tf.reshape(tf.transpose(tf.reshape(x, [nt, heads, d / heads]), [1, 0, 2]), [
+    heads * samples,
+    nt / samples,
+    d / heads,
+  ]); // [HN, T, hd]
+}
+
+/** `[H*N, T, hd]` -> `[N, T, D]`: the inverse of {@link splitHeads} (heads merged). */
+export function mergeHeads(a: tf.Tensor, samples: number, heads: number): tf.Tensor3D {
+  const [hn, t, hd] = a.shape;
+  return tf.reshape(tf.transpose(tf.reshape(a, [heads, (hn / heads) * t, hd]), [1, 0, 2]), [
+    samples,
+    t,
+    heads * hd,
+  ]); // [N, T, D]
 }
 
 const swigluGateOp = fused((a: tf.Tensor, b: tf.Tensor, save: tf.GradSaveFunc) => {
