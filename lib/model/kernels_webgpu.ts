@@ -102,12 +102,7 @@ export function layerNormWgsl(
     inputs,
     x.shape,
     rows,
-    `${ROW_STATS}
-      let m = (i / uniforms.t) * uniforms.d; // this sample's row of shift/scale
-      for (var j = 0; j < uniforms.d; j++) {
-        let y = (X[base + j] - mean) * rstd;
-        result[base + j] = ${mod ? "y * (1.0 + Scale[m + j]) + Shift[m + j]" : "y"};
-      }`,
+    lnForward(mod ? "y * (1.0 + Scale[m + j]) + Shift[m + j]" : "y"),
     { d, t },
     { eps },
   );
@@ -125,6 +120,39 @@ const rowStats = (array: string, row: string) => `
 
 /** WGSL: `base`, `mean` and `rstd` of row `i` of `X`. */
 const ROW_STATS = rowStats("X", "i");
+
+/**
+ * WGSL: row `i` of `X` normalised (`y`), each value written as `out` (in terms of `y`, `j` and
+ * `m`, this sample's row of `[N, D]` per-sample inputs when `uniforms.t` is set).
+ */
+const lnForward = (out: string) =>
+  `${ROW_STATS}
+      let m = (i / uniforms.t) * uniforms.d;
+      for (var j = 0; j < uniforms.d; j++) {
+        let y = (X[base + j] - mean) * rstd;
+        result[base + j] = ${out};
+      }`;
+
+/**
+ * WGSL: the input gradient of row `i` for the upstream gradient `g` of its normalised values (`g`
+ * in terms of `j`, `base` and `m`): `dx = rstd * (g - mean(g) - y * mean(g * y))`.
+ */
+const lnBackward = (g: string) =>
+  `${ROW_STATS}
+      let m = (i / uniforms.t) * uniforms.d;
+      var sg = 0.0;
+      var sgy = 0.0;
+      for (var j = 0; j < uniforms.d; j++) {
+        let gj = ${g};
+        sg += gj;
+        sgy += gj * (X[base + j] - mean) * rstd;
+      }
+      let mg = sg / f32(uniforms.d);
+      let mgy = sgy / f32(uniforms.d);
+      for (var j = 0; j < uniforms.d; j++) {
+        let y = (X[base + j] - mean) * rstd;
+        result[base + j] = rstd * (${g} - mg - y * mgy);
+      }`;
 
 /**
  * The input gradient of {@link layerNormWgsl}: with `g = dy` (or `dy * (1 + scale)` when
@@ -150,27 +178,13 @@ export function layerNormGradWgsl(
   const [rows, d] = rowsOf(x);
   const t = scale ? x.shape[x.rank - 2] : 1;
   const g = (j: string) =>
-    scale ? `(DY[base + ${j}] * (1.0 + Scale[m + ${j}]))` : `DY[base + ${j}]`;
+    scale ? `(DY[base + ${j}] * (1.0 + Scale[m + ${j}]))` : `DY[base + ${j}]`; // the upstream gradient of y
   return runKernel(
     scale ? "layernorm_mod_grad" : "layernorm_grad",
     scale ? { X: x, DY: dy, Scale: scale } : { X: x, DY: dy },
     x.shape,
     rows,
-    `${ROW_STATS}
-      let m = (i / uniforms.t) * uniforms.d;
-      var sg = 0.0;
-      var sgy = 0.0;
-      for (var j = 0; j < uniforms.d; j++) {
-        let gj = ${g("j")};
-        sg += gj;
-        sgy += gj * (X[base + j] - mean) * rstd;
-      }
-      let mg = sg / f32(uniforms.d);
-      let mgy = sgy / f32(uniforms.d);
-      for (var j = 0; j < uniforms.d; j++) {
-        let y = (X[base + j] - mean) * rstd;
-        result[base + j] = rstd * (${g("j")} - mg - y * mgy);
-      }`,
+    lnBackward(g("j")),
     { d, t },
     { eps },
   );
@@ -387,24 +401,8 @@ export function qkNormWgsl(qkv: tf.Tensor, heads: number, eps: number, dy?: tf.T
       if ((i % (3 * uniforms.h)) / uniforms.h == 2) { // a head of v
         for (var j = 0; j < uniforms.d; j++) { result[i * uniforms.d + j] = ${pass}[i * uniforms.d + j]; }
         return;
-      }${ROW_STATS}${
-      dy
-        ? `
-      var sg = 0.0;
-      var sgy = 0.0;
-      for (var j = 0; j < uniforms.d; j++) {
-        sg += DY[base + j];
-        sgy += DY[base + j] * (X[base + j] - mean) * rstd;
-      }
-      let mg = sg / f32(uniforms.d);
-      let mgy = sgy / f32(uniforms.d);
-      for (var j = 0; j < uniforms.d; j++) {
-        result[base + j] = rstd * (DY[base + j] - mg - (X[base + j] - mean) * rstd * mgy);
-      }`
-        : `
-      for (var j = 0; j < uniforms.d; j++) { result[base + j] = (X[base + j] - mean) * rstd; }`
-    }`,
-    { d: hd, h: heads },
+      }${dy ? lnBackward("DY[base + j]") : lnForward("y")}`,
+    { d: hd, h: heads, t: 1 },
     { eps },
   );
 }
