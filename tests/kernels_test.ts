@@ -6,7 +6,7 @@
 import * as tf from "@tensorflow/tfjs-core";
 import "@tensorflow/tfjs"; // the gradients of the core ops (tf.sum, tf.mul), as dit.ts does
 import { assert, assertEquals, assertLess } from "./_assert.ts";
-import { type BackendName } from "../lib/runtime/backend.ts";
+import type { BackendName } from "../lib/runtime/backend.ts";
 import {
   attentionQkv,
   gatedResidual,
