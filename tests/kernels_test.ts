@@ -13,6 +13,8 @@ import {
   layerNormFused,
   layerNormModulate,
   linearBias,
+  linearNoBias,
+  siluFused,
   SPLIT_K_ROWS,
   splitKWeightGrad,
   swigluGate,
@@ -76,13 +78,17 @@ for (const backend of ["webgpu", "wasm"] as BackendName[]) {
       const direct = splitKWeightGrad(xt, rt);
       assertEquals(direct.shape, [i, o]);
       assertLess(relErr(await direct.data(), ref.dw), 1e-5, "splitKWeightGrad");
-      if (backend === "webgpu" && m % SPLIT_K_ROWS === 0) {
-        // The layer's backward took the split product: the very same bits.
-        const bits = async (t: tf.Tensor) =>
-          new Uint32Array((await t.data() as Float32Array).buffer);
-        assertEquals(await bits(gw), await bits(direct));
-      }
-      tf.dispose([xt, wt, bt, rt, gx, gw, gb, direct]);
+      const bits = async (t: tf.Tensor) => new Uint32Array((await t.data() as Float32Array).buffer);
+      // On webgpu the layer's backward took splitKWeightGrad's product: the very same bits.
+      if (backend === "webgpu") assertEquals(await bits(gw), await bits(direct));
+      // The bias-free linear (the final projection): the same dx and dW, no bias.
+      const [nx, nw] = tf.grads((a, b) =>
+        tf.sum(tf.mul(linearNoBias(a as tf.Tensor2D, b as tf.Tensor2D), rt))
+      )([xt, wt]);
+      assertLess(relErr(await nw.data(), ref.dw), 1e-5, "dW (no bias)");
+      assertLess(relErr(await nx.data(), ref.dx), 1e-5, "dx (no bias)");
+      if (backend === "webgpu") assertEquals(await bits(nw), await bits(direct));
+      tf.dispose([xt, wt, bt, rt, gx, gw, gb, direct, nx, nw]);
       assertEquals(tf.memory().numTensors, before);
     });
   }
@@ -116,6 +122,9 @@ Deno.test("split-K weight and bias gradients: fixed sum order, the same bits on 
   tf.dispose([x, dy, w, b, r]);
 });
 
+/** Column block `at` (96 wide) of a per-sample adaLN output `[N, k*96]`. */
+const block = (mod: tf.Tensor, at: number) => tf.slice(mod, [0, at * 96], [mod.shape[0], 96]);
+
 /** The layers as plain tf ops (autodiff), the reference for the fused and WGSL versions. */
 const plainLayers = {
   layerNorm: (x: tf.Tensor) => {
@@ -140,11 +149,30 @@ const layerCases: {
     plain: (x) => plainLayers.layerNorm(x),
   },
   {
+    // shift and scale read in place from blocks 1 and 2 of a 4-block adaLN output
     name: "layerNorm + modulate",
-    shapes: [[3, 256, 96], [3, 96], [3, 96]],
-    fused: (x, sh, sc) =>
-      layerNormModulate(x as tf.Tensor3D, sh as tf.Tensor2D, sc as tf.Tensor2D, 1e-6),
-    plain: (x, sh, sc) => plainLayers.modulate(plainLayers.layerNorm(x), sh, sc),
+    shapes: [[3, 256, 96], [3, 4 * 96]],
+    fused: (x, mod) => layerNormModulate(x as tf.Tensor3D, mod as tf.Tensor2D, { at: 1 }),
+    plain: (x, mod) => plainLayers.modulate(plainLayers.layerNorm(x), block(mod, 1), block(mod, 2)),
+  },
+  {
+    // the final layer's: LayerNorm's affine weight and bias, then the modulation
+    name: "layerNorm + affine + modulate",
+    shapes: [[3, 256, 96], [3, 2 * 96], [96], [96]],
+    fused: (x, mod, w, b) =>
+      layerNormModulate(x as tf.Tensor3D, mod as tf.Tensor2D, { affine: { weight: w, bias: b } }),
+    plain: (x, mod, w, b) =>
+      plainLayers.modulate(
+        tf.add(tf.mul(plainLayers.layerNorm(x), w), b),
+        block(mod, 0),
+        block(mod, 1),
+      ),
+  },
+  {
+    name: "SiLU",
+    shapes: [[3, 96]],
+    fused: (x) => siluFused(x),
+    plain: (x) => tf.mul(x, tf.sigmoid(x)),
   },
   {
     name: "SwiGLU gate",
@@ -167,10 +195,12 @@ const layerCases: {
     },
   },
   {
+    // the gate read in place from block 2 of a 3-block adaLN output
     name: "gated residual",
-    shapes: [[3, 256, 96], [3, 96], [3, 256, 96]],
-    fused: (x, g, h) => gatedResidual(x as tf.Tensor3D, g as tf.Tensor2D, h as tf.Tensor3D),
-    plain: (x, g, h) => tf.add(x, tf.mul(tf.reshape(g, [3, 1, 96]), h)),
+    shapes: [[3, 256, 96], [3, 3 * 96], [3, 256, 96]],
+    fused: (x, mod, h) =>
+      gatedResidual(x as tf.Tensor3D, h as tf.Tensor3D, { mod: mod as tf.Tensor2D, at: 2 }),
+    plain: (x, mod, h) => tf.add(x, tf.mul(tf.reshape(block(mod, 2), [3, 1, 96]), h)),
   },
 ];
 for (const [c, backend] of layerCases.flatMap((c) => [[c, "webgpu"], [c, "wasm"]] as const)) {
@@ -180,6 +210,11 @@ for (const [c, backend] of layerCases.flatMap((c) => [[c, "webgpu"], [c, "wasm"]
     const run = async (backend: BackendName, f: (...x: tf.Tensor[]) => tf.Tensor) => {
       if (!(await useBackend(backend))) return null;
       const before = tf.memory().numTensors;
+      // A WGSL kernel that fails validation drops its whole command buffer without a word.
+      const device = backend === "webgpu"
+        ? (tf.backend() as unknown as { device: GPUDevice }).device
+        : null;
+      device?.pushErrorScope("validation");
       const ts = inputs.map((v, k) => tf.tensor(v, c.shapes[k]));
       const y = tf.tidy(() => f(...ts)); // tidy: customGrad keeps its saved views outside a tape
       const rt = tf.tensor(seededNormal([y.size], 99)); // dL/dy of L = sum(y * r)
@@ -187,6 +222,7 @@ for (const [c, backend] of layerCases.flatMap((c) => [[c, "webgpu"], [c, "wasm"]
         ts,
       );
       const out = [await y.data(), ...await Promise.all(g.map((t) => t.data()))];
+      assertEquals(await device?.popErrorScope() ?? null, null, "a WGSL kernel failed validation");
       tf.dispose([...ts, rt, y, ...g]);
       assertEquals(tf.memory().numTensors, before);
       return out;

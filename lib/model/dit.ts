@@ -17,7 +17,6 @@ import * as tf from "@tensorflow/tfjs-core";
 // (into the global registry shared with tfjs-core), so training works on every backend.
 import "@tensorflow/tfjs";
 import { matmul } from "./matmul.ts";
-import { silu } from "./ops.ts";
 import { isWasmBackend } from "../runtime/backend.ts";
 import {
   attentionCore,
@@ -26,8 +25,10 @@ import {
   layerNormFused,
   layerNormModulate,
   linearBias,
+  linearNoBias,
   mergeHeads,
   modulateFused,
+  siluFused,
   splitHeads,
   swigluGate,
   wgslAttention,
@@ -364,7 +365,10 @@ function linear(x: tf.Tensor, l: Linear): tf.Tensor {
   if (l.bias && fusedLayers()) {
     return tf.reshape(linearBias(x2, l.weight as tf.Tensor2D, l.bias as tf.Tensor1D), [...lead, o]);
   }
-  const xw = matmul(x2, l.weight); // [M, out]
+  // On webgpu a bias-free linear too gets a deterministic weight gradient (linearNoBias).
+  const xw = tf.getBackend() === "webgpu"
+    ? linearNoBias(x2, l.weight as tf.Tensor2D)
+    : matmul(x2, l.weight); // [M, out]
   const y = l.bias ? tf.add(xw, l.bias) : xw;
   return tf.reshape(y, [...lead, o]);
 }
@@ -429,36 +433,52 @@ function swiglu(x: tf.Tensor, p: BlockParams["mlp"]): tf.Tensor {
 
 /** One DiT block with adaLN-Zero conditioning. x: [N, T, D], sc = silu(c): [N, D]. */
 function ditBlock(x: tf.Tensor, sc: tf.Tensor, p: BlockParams, heads: number): tf.Tensor {
-  const mod = linear(sc, p.adaLNModulation); // [N, 6D]
-  const [shiftMsa, scaleMsa, gateMsa, shiftMlp, scaleMlp, gateMlp] = tf.split(mod, 6, 1); // 6 x [N, D]
-  const h = attention(normModulate(x, shiftMsa, scaleMsa), p.attn, heads); // [N, T, D]
-  x = residual(x, gateMsa, h);
-  const m = swiglu(normModulate(x, shiftMlp, scaleMlp), p.mlp); // [N, T, D]
-  return residual(x, gateMlp, m);
+  // [N, 6D]: shift, scale and gate of the attention branch, then of the MLP's (read by block).
+  const mod = linear(sc, p.adaLNModulation);
+  const h = attention(normModulate(x, mod, 0), p.attn, heads); // [N, T, D]
+  x = residual(x, mod, 2, h);
+  const m = swiglu(normModulate(x, mod, 3), p.mlp); // [N, T, D]
+  return residual(x, mod, 5, m);
 }
 
-/** modulate(layerNorm(x), shift, scale): the input of each branch (one kernel on webgpu). */
-function normModulate(x: tf.Tensor, shift: tf.Tensor, scale: tf.Tensor): tf.Tensor {
-  if (fusedLayers()) {
-    return layerNormModulate(x as tf.Tensor3D, shift as tf.Tensor2D, scale as tf.Tensor2D, 1e-6);
-  }
-  return modulate(layerNorm(x), shift, scale);
+/** Column block `at` of a per-sample `[N, k*D]` tensor: `[N, D]`. */
+function block(mod: tf.Tensor, at: number, d: number): tf.Tensor {
+  return tf.slice(mod, [0, at * d], [mod.shape[0], d]);
 }
 
-/** x + gate * h, with a per-sample gate `[N, D]` broadcast over tokens. */
-function residual(x: tf.Tensor, gate: tf.Tensor, h: tf.Tensor): tf.Tensor {
+/**
+ * modulate(layerNorm(x), shift, scale) with shift and scale blocks `at` and `at + 1` of the adaLN
+ * output `mod`, LayerNorm's affine first when given: the input of each branch and of the final
+ * projection (one kernel on webgpu).
+ */
+function normModulate(
+  x: tf.Tensor,
+  mod: tf.Tensor,
+  at: number,
+  affine?: { weight: tf.Tensor; bias: tf.Tensor },
+): tf.Tensor {
   if (fusedLayers()) {
-    return gatedResidual(x as tf.Tensor3D, gate as tf.Tensor2D, h as tf.Tensor3D);
+    return layerNormModulate(x as tf.Tensor3D, mod as tf.Tensor2D, { at, eps: 1e-6, affine });
   }
-  const [n, d] = gate.shape;
-  return tf.add(x, tf.mul(tf.reshape(gate, [n, 1, d]), h));
+  const d = x.shape[2]!;
+  const y = layerNorm(x);
+  const a = affine ? tf.add(tf.mul(y, affine.weight), affine.bias) : y;
+  return modulate(a, block(mod, at, d), block(mod, at + 1, d));
+}
+
+/** x + gate * h, with a per-sample gate (block `at` of `mod`) broadcast over tokens. */
+function residual(x: tf.Tensor, mod: tf.Tensor, at: number, h: tf.Tensor): tf.Tensor {
+  if (fusedLayers()) {
+    return gatedResidual(x as tf.Tensor3D, h as tf.Tensor3D, { mod: mod as tf.Tensor2D, at });
+  }
+  const [n, , d] = x.shape;
+  return tf.add(x, tf.mul(tf.reshape(block(mod, at, d!), [n, 1, d!]), h));
 }
 
 /** Final layer: affine LayerNorm, modulation, projection to p*p*C values per token. */
 function finalLayer(x: tf.Tensor, sc: tf.Tensor, p: DiTParams["finalLayer"]): tf.Tensor {
-  const [shift, scale] = tf.split(linear(sc, p.adaLNModulation), 2, 1); // 2 x [N, D]
-  const normed = tf.add(tf.mul(layerNorm(x), p.normFinal.weight), p.normFinal.bias); // [N, T, D]
-  return linear(modulate(normed, shift, scale), p.linear); // [N, T, p*p*C]
+  const mod = linear(sc, p.adaLNModulation); // [N, 2D]: shift, scale
+  return linear(normModulate(x, mod, 0, p.normFinal), p.linear); // [N, T, p*p*C]
 }
 
 /**
@@ -534,7 +554,7 @@ export function ditForward(
     // Patch embedding = a 2x2 stride-2 conv, written as patchify + matmul (same maths, one GEMM).
     let h = tf.add(linear(patchify(x, p), params.xEmbedder.proj), params.posEmbed); // [N, T, D]
     const tEmb = linear(
-      silu(linear(timestepEmbedding(tf.mul(t, 1000) as tf.Tensor1D), params.tEmbedder.mlp0)),
+      siluFused(linear(timestepEmbedding(tf.mul(t, 1000) as tf.Tensor1D), params.tEmbedder.mlp0)),
       params.tEmbedder.mlp2,
     ); // [N, D]
     // Embedding lookup as one-hot @ table: exact, and its gradient is a matmul on every backend
@@ -542,7 +562,7 @@ export function ditForward(
     const oneHot = tf.oneHot(y, config.numClasses + 1); // [N, K+1]
     const c = tf.add(tEmb, matmul(tf.cast(oneHot, "float32"), params.yEmbedder.embeddingTable)); // [N, D]
     // adaLN_modulation = Sequential(SiLU, Linear) in every block: silu(c) made once for all.
-    const sc = silu(c); // [N, D]
+    const sc = siluFused(c); // [N, D]
     for (const block of params.blocks) h = ditBlock(h, sc, block, config.numHeads);
     return unpatchify(finalLayer(h, sc, params.finalLayer), p, config.inChannels); // [N, H, W, C]
   });

@@ -27,9 +27,12 @@ import {
   layerNormGradWgsl,
   layerNormWgsl,
   MAX_HEAD_DIM,
+  type ModulationWgsl,
   qkNormWgsl,
-  tokenSumWgsl,
+  type TokenTerm,
+  tokenTermsWgsl,
 } from "./kernels_webgpu.ts";
+import { silu } from "./ops.ts";
 
 /** What a fused op's body returns: its value and the closed-form gradient. */
 interface Fused {
@@ -86,7 +89,9 @@ function sumRows(x: tf.Tensor2D): tf.Tensor1D {
   if (onWebGpu()) {
     const s = splitKSlices(m);
     if (s === 1) return columnSumWgsl(x) as tf.Tensor1D; // [C]
-    return tf.tidy(() => columnSumWgsl(columnSumWgsl(x, s) as tf.Tensor2D) as tf.Tensor1D); // [S, C] -> [C]
+    return tf.tidy(() =>
+      columnSumWgsl(columnSumWgsl(x, { slices: s }) as tf.Tensor2D) as tf.Tensor1D
+    ); // [S, C] -> [C]
   }
   return tf.reshape(gemm(tf.ones([1, m]), x), [c]); // [C]
 }
@@ -153,9 +158,8 @@ function sharedTranspose(x: tf.Tensor): tf.Tensor {
  */
 function linearParamGrads(x: tf.Tensor2D, dy: tf.Tensor2D): [tf.Tensor2D, tf.Tensor1D] {
   const [m, out] = dy.shape;
-  if (tf.getBackend() === "webgpu" && splitKSlices(m) > 1) {
-    return [splitKWeightGrad(x, dy), sumRows(dy)];
-  }
+  // tfjs-webgpu reads a transposed operand in place: no transposes, one product (split when long).
+  if (tf.getBackend() === "webgpu") return [splitKWeightGrad(x, dy), sumRows(dy)];
   // The system BLAS reads x transposed in place and packs nothing across calls.
   if (activeBlas()) return [gemm(x, dy, { transposeA: true }) as tf.Tensor2D, sumRows(dy)];
   if (out <= x.shape[1]) {
@@ -219,6 +223,36 @@ const linearOp = fused(
   },
 );
 
+const linearNoBiasOp = fused((x: tf.Tensor, w: tf.Tensor, save: tf.GradSaveFunc) => {
+  save([x, w]);
+  return {
+    value: gemm(x, w), // [M, out]
+    gradFunc: (dy: tf.Tensor, [sx, sw]: tf.Tensor[]) => [
+      gemm(dy, sw, { transposeB: true }), // dx = dy @ W^T  [M, in]
+      splitKWeightGrad(sx as tf.Tensor2D, dy as tf.Tensor2D), // dW [in, out]
+    ],
+  };
+});
+
+/**
+ * `x @ w` for `x [M, in]`, `w [in, out]` (a bias-free linear) with the weight gradient of
+ * {@link splitKWeightGrad}: on webgpu tfjs's own product gradient would run a long `x^T @ dy` as
+ * its split-K, which adds with atomics (sums that change from run to run).
+ *
+ * @example
+ * ```ts
+ * import * as tf from "@tensorflow/tfjs-core";
+ * import { loadBackend } from "../runtime/backend.ts";
+ * await loadBackend("cpu");
+ * import { linearNoBias } from "./kernels.ts";
+ * const y = linearNoBias(tf.ones([2, 3]), tf.ones([3, 4])); // [2, 4], every value 3
+ * if (y.dataSync().some((v) => v !== 3)) throw new Error("x @ w");
+ * ```
+ */
+export function linearNoBias(x: tf.Tensor2D, w: tf.Tensor2D): tf.Tensor2D {
+  return linearNoBiasOp(x, w) as tf.Tensor2D;
+}
+
 /**
  * `x @ w + b` for `x [M, in]`, `w [in, out]`, `b [out]`; the bias gradient is a ones-row product.
  *
@@ -267,7 +301,7 @@ const layerNormOp = fused((x: tf.Tensor, eps: tf.Tensor, save: tf.GradSaveFunc) 
  * ```
  */
 export function layerNormFused(x: tf.Tensor, eps: number): tf.Tensor {
-  if (onWebGpu()) return layerNormGpuOps(eps).plain(x);
+  if (onWebGpu()) return layerNormGpuOp(eps)(x);
   return layerNormOp(x, tf.scalar(eps));
 }
 
@@ -294,42 +328,83 @@ export function wgslAttention(): boolean {
   return onWebGpu() && env.wgsl !== "no-attention";
 }
 
-/** The webgpu LayerNorm ops for one epsilon (a closure value: no scalar tensor to read back). */
-function layerNormGpuOps(eps: number) {
-  let ops = gpuOpsByEps.get(eps);
-  if (ops) return ops;
-  ops = {
-    plain: fused((x: tf.Tensor, save: tf.GradSaveFunc) => {
+/** The webgpu LayerNorm op for one epsilon (a closure value: no scalar tensor to read back). */
+function layerNormGpuOp(eps: number): (x: tf.Tensor) => tf.Tensor {
+  let op = gpuLayerNorms.get(eps);
+  if (!op) {
+    op = fused((x: tf.Tensor, save: tf.GradSaveFunc) => {
       save([x]);
       return {
         value: layerNormWgsl(x, eps), // [..., D]
         gradFunc: (dy: tf.Tensor, [sx]: tf.Tensor[]) => [layerNormGradWgsl(sx, dy, eps)],
       };
-    }),
-    modulated: fused((x: tf.Tensor, shift: tf.Tensor, scale: tf.Tensor, save: tf.GradSaveFunc) => {
-      save([x, scale]);
-      return {
-        value: layerNormWgsl(x, eps, { shift, scale }), // [N, T, D]
-        gradFunc: (dy: tf.Tensor, [sx, ss]: tf.Tensor[]) => [
-          layerNormGradWgsl(sx, dy, eps, ss), // dx  [N, T, D]
-          tokenSumWgsl(dy, null, "plain"), // dshift = sum over tokens of dy  [N, D]
-          tokenSumWgsl(dy, sx, "normed", eps), // dscale = sum over tokens of dy * LN(x)  [N, D]
-        ],
-      };
-    }),
-  };
-  gpuOpsByEps.set(eps, ops);
-  return ops;
+    });
+    gpuLayerNorms.set(eps, op);
+  }
+  return op;
 }
-const gpuOpsByEps = new Map<
-  number,
-  { plain: (x: tf.Tensor) => tf.Tensor; modulated: (...x: tf.Tensor[]) => tf.Tensor }
->();
+const gpuLayerNorms = new Map<number, (x: tf.Tensor) => tf.Tensor>();
 
 /**
- * `layerNorm(x) * (1 + scale) + shift` (the adaLN input of each attention and MLP branch) for
- * `x [N, T, D]` and per-sample `shift`, `scale` `[N, D]`: on webgpu one WGSL kernel forward and
- * three backward; elsewhere {@link layerNormFused} then {@link modulateFused}.
+ * The webgpu modulated LayerNorm for one (eps, shift block, affine or not): inputs `x`, `mod` and,
+ * when affine, LayerNorm's weight and bias. Backward: dx, the gradient of `mod` with only its
+ * shift and scale blocks non-zero (one kernel, in place: no split to undo), and for the affine
+ * weight and bias per-sample parts summed over samples.
+ */
+function layerNormModulateGpuOp(eps: number, at: number, affine: boolean) {
+  const key = `${eps}/${at}/${affine}`;
+  let op = gpuModulatedNorms.get(key);
+  if (op) return op;
+  const spec = (mod: tf.Tensor, w?: tf.Tensor, b?: tf.Tensor): ModulationWgsl => ({
+    mod,
+    at,
+    affine: w && b ? { weight: w, bias: b } : undefined,
+  });
+  op = fused((...args: tf.Tensor[]) => {
+    const save = args.pop() as unknown as tf.GradSaveFunc;
+    const [x, mod, w, b] = args;
+    save(args);
+    return {
+      value: layerNormWgsl(x, eps, spec(mod, w, b)), // [N, T, D]
+      gradFunc: (dy: tf.Tensor, [sx, sm, sw, sb]: tf.Tensor[]) => {
+        const m = spec(sm, sw, sb);
+        const blocks: TokenTerm[] = Array(sm.shape[1]! / sx.shape[2]!).fill("zero");
+        blocks[at] = "dy"; // dshift = sum over tokens of dy
+        blocks[at + 1] = "dy*a"; // dscale = sum over tokens of dy * (the modulation's input)
+        const grads = [
+          layerNormGradWgsl(sx, dy, eps, m), // dx  [N, T, D]
+          tokenTermsWgsl(dy, blocks, { x: sx, mod: m, eps }), // dmod  [N, k*D]
+        ];
+        if (!affine) return grads;
+        // dweight, dbias: sums over all rows of dy * (1 + scale) * LN(x) and dy * (1 + scale).
+        const parts = tokenTermsWgsl(dy, ["dy*s*ln", "dy*s"], { x: sx, mod: m, eps }); // [N, 2D]
+        const d = sx.shape[2]!;
+        grads.push(
+          columnSumWgsl(parts as tf.Tensor2D, { width: d }), // [D]
+          columnSumWgsl(parts as tf.Tensor2D, { from: d }), // [D]
+        );
+        parts.dispose();
+        return grads;
+      },
+    };
+  });
+  gpuModulatedNorms.set(key, op);
+  return op;
+}
+const gpuModulatedNorms = new Map<string, (...x: tf.Tensor[]) => tf.Tensor>();
+
+/** Column block `at` (`d` wide) of a per-sample `[N, k*d]` tensor. */
+function columnBlock(mod: tf.Tensor, at: number, d: number): tf.Tensor2D {
+  return tf.slice(mod, [0, at * d], [mod.shape[0], d]) as tf.Tensor2D;
+}
+
+/**
+ * `a * (1 + scale) + shift` with `a = layerNorm(x)` (times `affine.weight` plus `affine.bias` when
+ * given): the adaLN input of each attention and MLP branch, and the final layer's. `x [N, T, D]`;
+ * shift and scale are column blocks `at` and `at + 1` of the adaLN output `mod [N, k*D]`. On webgpu
+ * read in place by one WGSL kernel (backward: dx, the gradient of `mod`, and two sums when
+ * affine); elsewhere the blocks are sliced out and {@link layerNormFused} then
+ * {@link modulateFused} run.
  *
  * @example
  * ```ts
@@ -337,18 +412,26 @@ const gpuOpsByEps = new Map<
  * import { loadBackend } from "../runtime/backend.ts";
  * await loadBackend("cpu");
  * import { layerNormModulate } from "./kernels.ts";
- * const y = layerNormModulate(tf.tensor3d([[[1, 2, 3]]]), tf.ones([1, 3]), tf.zeros([1, 3]), 1e-6);
- * // ~[[[-0.22, 1, 2.22]]]
+ * const mod = tf.tensor2d([[0, 0, 0, 1, 1, 1]]); // shift 0, scale 1
+ * const y = layerNormModulate(tf.tensor3d([[[1, 2, 3]]]), mod); // 2 * LN(x): ~[[[-2.45, 0, 2.45]]]
+ * if (Math.abs(y.dataSync()[2] - 2.4495) > 1e-3) throw new Error("modulated");
  * ```
  */
 export function layerNormModulate(
   x: tf.Tensor3D,
-  shift: tf.Tensor2D,
-  scale: tf.Tensor2D,
-  eps: number,
+  mod: tf.Tensor2D,
+  options: { at?: number; eps?: number; affine?: { weight: tf.Tensor; bias: tf.Tensor } } = {},
 ): tf.Tensor3D {
-  if (onWebGpu()) return layerNormGpuOps(eps).modulated(x, shift, scale) as tf.Tensor3D;
-  return modulateFused(layerNormFused(x, eps) as tf.Tensor3D, shift, scale);
+  const { at = 0, eps = 1e-6, affine } = options;
+  if (onWebGpu()) {
+    const op = layerNormModulateGpuOp(eps, at, affine !== undefined);
+    const inputs = affine ? [x, mod, affine.weight, affine.bias] : [x, mod];
+    return op(...inputs) as tf.Tensor3D;
+  }
+  const d = x.shape[2];
+  const y = layerNormFused(x, eps); // [N, T, D]
+  const a = affine ? tf.add(tf.mul(y, affine.weight), affine.bias) : y;
+  return modulateFused(a as tf.Tensor3D, columnBlock(mod, at, d), columnBlock(mod, at + 1, d));
 }
 
 const modulateOp = fused(
@@ -571,6 +654,39 @@ const swigluGateGpuOp = fused((a: tf.Tensor, b: tf.Tensor, save: tf.GradSaveFunc
   };
 });
 
+const siluGpuOp = fused((x: tf.Tensor, save: tf.GradSaveFunc) => {
+  save([x]);
+  return {
+    value: elementwiseWgsl("silu", { A: x }, "A[i] * sg", SIG),
+    gradFunc: (dy: tf.Tensor, [sx]: tf.Tensor[]) => [
+      elementwiseWgsl(
+        "silu_grad",
+        { A: sx, DY: dy },
+        "DY[i] * (sg * (A[i] * (1.0 - sg) + 1.0))",
+        SIG,
+      ),
+    ],
+  };
+});
+
+/**
+ * SiLU `x * sigmoid(x)`: on webgpu one WGSL kernel each way (tf ops take 2 forward and 6 backward);
+ * elsewhere ops.ts's {@link silu}.
+ *
+ * @example
+ * ```ts
+ * import * as tf from "@tensorflow/tfjs-core";
+ * import { loadBackend } from "../runtime/backend.ts";
+ * await loadBackend("cpu");
+ * import { siluFused } from "./kernels.ts";
+ * const y = siluFused(tf.tensor1d([0, 1])).dataSync(); // [0, 0.731]
+ * if (y[0] !== 0 || Math.abs(y[1] - 0.7311) > 1e-4) throw new Error(String(y));
+ * ```
+ */
+export function siluFused<T extends tf.Tensor>(x: T): T {
+  return (onWebGpu() ? siluGpuOp(x) : silu(x)) as T;
+}
+
 const gatedResidualOp = fused(
   (x: tf.Tensor, gate: tf.Tensor, h: tf.Tensor, save: tf.GradSaveFunc) => {
     const [n, d] = gate.shape;
@@ -588,7 +704,8 @@ const gatedResidualOp = fused(
 );
 
 /**
- * The gated residual `x + gate * h` with `x`, `h` `[N, T, D]` and a per-sample `gate` `[N, D]`.
+ * The gated residual `x + gate * h` with `x`, `h` `[N, T, D]` and a per-sample gate, column block
+ * `at` of the adaLN output `mod [N, k*D]` (read in place on webgpu).
  *
  * @example
  * ```ts
@@ -596,24 +713,41 @@ const gatedResidualOp = fused(
  * import { loadBackend } from "../runtime/backend.ts";
  * await loadBackend("cpu");
  * import { gatedResidual } from "./kernels.ts";
- * const y = gatedResidual(tf.ones([1, 2, 3]), tf.ones([1, 3]), tf.ones([1, 2, 3])); // every value 2
+ * const y = gatedResidual(tf.ones([1, 2, 3]), tf.ones([1, 2, 3]), { mod: tf.ones([1, 3]) }); // 2s
  * if (y.dataSync().some((v) => v !== 2)) throw new Error("x + gate * h");
  * ```
  */
-export function gatedResidual(x: tf.Tensor3D, gate: tf.Tensor2D, h: tf.Tensor3D): tf.Tensor3D {
-  return (onWebGpu() ? gatedResidualGpuOp : gatedResidualOp)(x, gate, h) as tf.Tensor3D;
+export function gatedResidual(
+  x: tf.Tensor3D,
+  h: tf.Tensor3D,
+  gate: { mod: tf.Tensor2D; at?: number },
+): tf.Tensor3D {
+  const at = gate.at ?? 0;
+  if (onWebGpu()) return gatedResidualGpuOp(at)(x, gate.mod, h) as tf.Tensor3D;
+  return gatedResidualOp(x, columnBlock(gate.mod, at, x.shape[2]), h) as tf.Tensor3D;
 }
 
-const gatedResidualGpuOp = fused(
-  (x: tf.Tensor, gate: tf.Tensor, h: tf.Tensor, save: tf.GradSaveFunc) => {
-    save([gate, h]);
-    return {
-      value: gateWgsl(x, gate, h), // x + gate * h  [N, T, D]
-      gradFunc: (dy: tf.Tensor, [sg, sh]: tf.Tensor[]) => [
-        tf.reshape(dy, dy.shape), // dx = dy (as a view)
-        tokenSumWgsl(dy, sh, "product"), // dgate = sum over tokens of dy * h  [N, D]
-        gateWgsl(null, sg, dy), // dh = gate * dy  [N, T, D]
-      ],
-    };
-  },
-);
+/** The webgpu gated residual reading its gate from column block `at` of `mod`. */
+function gatedResidualGpuOp(at: number): (...x: tf.Tensor[]) => tf.Tensor {
+  let op = gpuResiduals.get(at);
+  if (!op) {
+    op = fused((x: tf.Tensor, mod: tf.Tensor, h: tf.Tensor, save: tf.GradSaveFunc) => {
+      save([mod, h]);
+      return {
+        value: gateWgsl(x, { mod, at }, h), // x + gate * h  [N, T, D]
+        gradFunc: (dy: tf.Tensor, [sm, sh]: tf.Tensor[]) => {
+          const blocks: TokenTerm[] = Array(sm.shape[1]! / sh.shape[2]!).fill("zero");
+          blocks[at] = "dy*h"; // dgate = sum over tokens of dy * h
+          return [
+            tf.reshape(dy, dy.shape), // dx = dy (as a view)
+            tokenTermsWgsl(dy, blocks, { h: sh }), // dmod  [N, k*D]
+            gateWgsl(null, { mod: sm, at }, dy), // dh = gate * dy  [N, T, D]
+          ];
+        },
+      };
+    });
+    gpuResiduals.set(at, op);
+  }
+  return op;
+}
+const gpuResiduals = new Map<number, (...x: tf.Tensor[]) => tf.Tensor>();

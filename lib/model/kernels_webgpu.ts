@@ -26,35 +26,53 @@ interface WebGpuProgramRunner {
 
 const WORKGROUP = 64;
 
+/** One WGSL kernel: what {@link runKernel} compiles and dispatches. */
+interface KernelSpec {
+  /** Pipeline cache key (with `anthos_`); one per distinct WGSL text. */
+  key: string;
+  /** Read-only arrays, bound under these names. */
+  inputs: { [name: string]: tf.Tensor };
+  /** Shape of `result`. */
+  outShape: number[];
+  /** Thread indices `i` in `0..threads-1`. */
+  threads: number;
+  /** WGSL run for each `i` (in group mode: for every thread of every group, no early return). */
+  body: string;
+  /** `i32` uniforms, read as `uniforms.<name>`. */
+  ints?: { [name: string]: number };
+  /** `f32` uniforms. */
+  floats?: { [name: string]: number };
+  /**
+   * Group mode: workgroups of this many threads that share `var<workgroup>` memory declared in
+   * `shared` and sync with `workgroupBarrier()`; `i / group` is the group, `i % group` the lane.
+   */
+  group?: number;
+  /** Module-scope WGSL (workgroup arrays) for group mode. */
+  shared?: string;
+}
+
 /**
- * Runs `body` once per thread index `i` in `0..threads-1` (WGSL, f32), with `inputs` bound as
- * read-only arrays under `names` and the result written to `result[...]` of shape `outShape`.
- * `ints` become `i32` uniforms and `floats` `f32` ones, read as `uniforms.<name>`.
+ * Runs a {@link KernelSpec}: `body` once per thread index `i` (WGSL, f32), the inputs bound as
+ * read-only arrays and the result written to `result[...]`.
  */
-function runKernel(
-  key: string,
-  inputs: { [name: string]: tf.Tensor },
-  outShape: number[],
-  threads: number,
-  body: string,
-  ints: { [name: string]: number } = {},
-  floats: { [name: string]: number } = {},
-): tf.Tensor {
+function runKernel(spec: KernelSpec): tf.Tensor {
+  const { key, inputs, outShape, threads, body, ints = {}, floats = {}, group, shared = "" } = spec;
   const backend = tf.backend() as unknown as WebGpuProgramRunner;
-  const names = Object.keys(inputs);
+  const size = group ?? WORKGROUP;
   const all = { threads, ...ints };
   const program = {
-    variableNames: names,
+    variableNames: Object.keys(inputs),
     outputShape: outShape,
     shaderKey: `anthos_${key}`,
     dispatchLayout: { x: outShape.map((_, i) => i) },
-    dispatch: [Math.ceil(threads / WORKGROUP), 1, 1],
-    workgroupSize: [WORKGROUP, 1, 1],
+    dispatch: [Math.ceil(threads / size), 1, 1],
+    workgroupSize: [size, 1, 1],
     uniforms: Object.keys(all).map((n) => `${n} : i32, `).join("") +
       Object.keys(floats).map((n) => `${n} : f32, `).join(""),
-    getUserCode: () => `
+    getUserCode: () =>
+      `${shared}
       fn main(i : i32) {
-        if (i >= uniforms.threads) { return; }
+        ${group ? "" : "if (i >= uniforms.threads) { return; }"}
         ${body}
       }`,
   };
@@ -73,9 +91,44 @@ function rowsOf(x: tf.Tensor): [number, number] {
 }
 
 /**
- * LayerNorm over the last axis (no affine; biased variance, as torch), optionally followed by the
- * per-sample modulation `y * (1 + scale) + shift` (`x [N, T, D]`, `shift`, `scale` `[N, D]`). One
- * thread per row.
+ * A per-sample modulation read in place: shift = column block `at` and scale = block `at + 1` of
+ * `mod [N, k*D]` (the adaLN linear's output, no split); with `affine`, LayerNorm's own weight and
+ * bias `[D]` apply before it (the final layer).
+ */
+export interface ModulationWgsl {
+  /** `[N, k*D]`. */
+  mod: tf.Tensor;
+  /** The shift's column block; the scale's is `at + 1`. */
+  at: number;
+  /** LayerNorm's affine weight and bias, `[D]` each. */
+  affine?: { weight: tf.Tensor; bias: tf.Tensor };
+}
+
+/**
+ * Inputs, uniforms and WGSL names of a modulated LayerNorm over `x [N, T, D]`. `uses` says which
+ * of `Mod`, `W`, `B` the kernel reads: WebGPU drops an unread binding from the pipeline's layout,
+ * and binding it anyway fails the whole command buffer.
+ */
+function modulationParts(x: tf.Tensor, mod?: ModulationWgsl, uses = "Mod W B") {
+  const [, d] = rowsOf(x);
+  const inputs: { [name: string]: tf.Tensor } = {};
+  if (mod && uses.includes("Mod")) inputs.Mod = mod.mod;
+  if (mod?.affine && uses.includes("W")) inputs.W = mod.affine.weight;
+  if (mod?.affine && uses.includes("B")) inputs.B = mod.affine.bias;
+  const ints = mod
+    ? { d, t: x.shape[x.rank - 2], md: mod.mod.shape[1]!, sh: mod.at * d, sc: (mod.at + 1) * d }
+    : { d, t: 1, md: d, sh: 0, sc: 0 };
+  // `m` is this sample's row of Mod (see lnForward); `j` the channel.
+  const scale1 = "(1.0 + Mod[m + uniforms.sc + j])";
+  const shift = "Mod[m + uniforms.sh + j]";
+  const affine = (y: string) => mod?.affine ? `(${y} * W[j] + B[j])` : y;
+  return { inputs, ints, scale1, shift, affine };
+}
+
+/**
+ * LayerNorm over the last axis (no affine; biased variance, as torch), optionally followed by
+ * LayerNorm's affine weight and bias and the per-sample modulation `y * (1 + scale) + shift` read
+ * from `mod` in place (`x [N, T, D]`). One thread per row.
  *
  * @example
  * ```ts
@@ -87,25 +140,19 @@ function rowsOf(x: tf.Tensor): [number, number] {
  * if (Math.abs((await y.data())[2] - 1.2247) > 1e-3) throw new Error("normalised");
  * ```
  */
-export function layerNormWgsl(
-  x: tf.Tensor,
-  eps: number,
-  mod?: { shift: tf.Tensor; scale: tf.Tensor },
-): tf.Tensor {
-  const [rows, d] = rowsOf(x);
-  const t = mod ? x.shape[x.rank - 2] : 1;
-  const inputs: { [name: string]: tf.Tensor } = mod
-    ? { X: x, Shift: mod.shift, Scale: mod.scale }
-    : { X: x };
-  return runKernel(
-    mod ? "layernorm_mod" : "layernorm",
-    inputs,
-    x.shape,
-    rows,
-    lnForward(mod ? "y * (1.0 + Scale[m + j]) + Shift[m + j]" : "y"),
-    { d, t },
-    { eps },
-  );
+export function layerNormWgsl(x: tf.Tensor, eps: number, mod?: ModulationWgsl): tf.Tensor {
+  const [rows] = rowsOf(x);
+  const { inputs, ints, scale1, shift, affine } = modulationParts(x, mod);
+  const out = mod ? `${affine("y")} * ${scale1} + ${shift}` : "y";
+  return runKernel({
+    key: mod ? (mod.affine ? "layernorm_affine_mod" : "layernorm_mod") : "layernorm",
+    inputs: { X: x, ...inputs },
+    outShape: x.shape,
+    threads: rows,
+    body: lnForward(out),
+    ints,
+    floats: { eps },
+  });
 }
 
 /** WGSL: `base`, `mean` and `rstd` of row `row` of `array` (two passes, in order, f32). */
@@ -123,11 +170,11 @@ const ROW_STATS = rowStats("X", "i");
 
 /**
  * WGSL: row `i` of `X` normalised (`y`), each value written as `out` (in terms of `y`, `j` and
- * `m`, this sample's row of `[N, D]` per-sample inputs when `uniforms.t` is set).
+ * `m`, this sample's row of the `[N, md]` modulation when `uniforms.t` is the token count).
  */
 const lnForward = (out: string) =>
   `${ROW_STATS}
-      let m = (i / uniforms.t) * uniforms.d;
+      let m = (i / uniforms.t) * uniforms.md;
       for (var j = 0; j < uniforms.d; j++) {
         let y = (X[base + j] - mean) * rstd;
         result[base + j] = ${out};
@@ -139,7 +186,7 @@ const lnForward = (out: string) =>
  */
 const lnBackward = (g: string) =>
   `${ROW_STATS}
-      let m = (i / uniforms.t) * uniforms.d;
+      let m = (i / uniforms.t) * uniforms.md;
       var sg = 0.0;
       var sgy = 0.0;
       for (var j = 0; j < uniforms.d; j++) {
@@ -155,8 +202,9 @@ const lnBackward = (g: string) =>
       }`;
 
 /**
- * The input gradient of {@link layerNormWgsl}: with `g = dy` (or `dy * (1 + scale)` when
- * modulated) and `y` the normalised row, `dx = rstd * (g - mean(g) - y * mean(g * y))`.
+ * The input gradient of {@link layerNormWgsl}: with `g = dy` (times `1 + scale` when modulated,
+ * times the affine weight when there is one) and `y` the normalised row,
+ * `dx = rstd * (g - mean(g) - y * mean(g * y))`.
  *
  * @example
  * ```ts
@@ -173,70 +221,125 @@ export function layerNormGradWgsl(
   x: tf.Tensor,
   dy: tf.Tensor,
   eps: number,
-  scale?: tf.Tensor,
+  mod?: ModulationWgsl,
 ): tf.Tensor {
-  const [rows, d] = rowsOf(x);
-  const t = scale ? x.shape[x.rank - 2] : 1;
-  const g = (j: string) =>
-    scale ? `(DY[base + ${j}] * (1.0 + Scale[m + ${j}]))` : `DY[base + ${j}]`; // the upstream gradient of y
-  return runKernel(
-    scale ? "layernorm_mod_grad" : "layernorm_grad",
-    scale ? { X: x, DY: dy, Scale: scale } : { X: x, DY: dy },
-    x.shape,
-    rows,
-    lnBackward(g("j")),
-    { d, t },
-    { eps },
-  );
+  const [rows] = rowsOf(x);
+  const { inputs, ints, scale1 } = modulationParts(x, mod, "Mod W");
+  let g = "DY[base + j]"; // the upstream gradient of y
+  if (mod) g = `(${g} * ${scale1})`;
+  if (mod?.affine) g = `(${g} * W[j])`;
+  return runKernel({
+    key: mod ? (mod.affine ? "layernorm_affine_mod_grad" : "layernorm_mod_grad") : "layernorm_grad",
+    inputs: { X: x, DY: dy, ...inputs },
+    outShape: x.shape,
+    threads: rows,
+    body: lnBackward(g),
+    ints,
+    floats: { eps },
+  });
 }
 
 /**
- * Sums over the token axis of `[N, T, D]` into `[N, D]`, one thread per (sample, channel):
- * `sum_t a` (`kind` "plain"), `sum_t a * b` ("product") or `sum_t a * layerNorm(b)` ("normed",
- * the modulation scale's gradient; `eps` is LayerNorm's).
+ * What {@link tokenTermsWgsl} sums over the tokens in one column block: nothing (`zero`), `dy`,
+ * `dy * h`, `dy * a` with `a` the modulation's input (LayerNorm of x, with its affine when there
+ * is one), `dy * (1 + scale) * LN(x)` and `dy * (1 + scale)` (the affine weight's and bias's
+ * per-sample parts).
+ */
+export type TokenTerm = "zero" | "dy" | "dy*h" | "dy*a" | "dy*s*ln" | "dy*s";
+
+/** Group size of {@link tokenTermsWgsl}, and the most tokens it takes (its shared row table). */
+const TERM_GROUP = 256;
+const MAX_TERM_TOKENS = 1024;
+
+/**
+ * Per-sample sums over the token axis of `dy [N, T, D]`, one column block of the `[N, k*D]` result
+ * per entry of `blocks` (see {@link TokenTerm}): the modulation's and gate's gradients written in
+ * place into the layout of the adaLN output they read (no split, no concat). One workgroup per
+ * sample: the LayerNorm statistics of its rows first (each row once), then one lane per column,
+ * tokens added in order.
  *
  * @example
  * ```ts
  * import * as tf from "@tensorflow/tfjs-core";
  * import { loadBackend } from "../runtime/backend.ts";
- * import { tokenSumWgsl } from "./kernels_webgpu.ts";
+ * import { tokenTermsWgsl } from "./kernels_webgpu.ts";
  * await loadBackend("webgpu");
- * const s = tokenSumWgsl(tf.ones([2, 5, 3]), null, "plain"); // [2, 3], every value 5
- * if ((await s.data()).some((v) => v !== 5)) throw new Error("sum over 5 tokens");
+ * const s = tokenTermsWgsl(tf.ones([2, 5, 3]), ["zero", "dy"], {}); // [2, 6]
+ * if ((await s.data()).join() !== "0,0,0,5,5,5,0,0,0,5,5,5") throw new Error("0 | sum of 5");
  * ```
  */
-export function tokenSumWgsl(
-  a: tf.Tensor,
-  b: tf.Tensor | null,
-  kind: "plain" | "product" | "normed",
-  eps = 0,
+export function tokenTermsWgsl(
+  dy: tf.Tensor,
+  blocks: TokenTerm[],
+  options: { x?: tf.Tensor; h?: tf.Tensor; mod?: ModulationWgsl; eps?: number },
 ): tf.Tensor2D {
-  const [n, t, d] = a.shape;
-  const term = kind === "plain"
-    ? "A[k]"
-    : kind === "product"
-    ? "A[k] * B[k]"
-    : "A[k] * (B[k] - mean) * rstd";
-  // "normed": the row's statistics, recomputed per token (rows are D = 96 floats, cached).
-  const stats = kind !== "normed" ? "" : rowStats("B", "row");
-  return runKernel(
-    `tokensum_${kind}`,
-    b ? { A: a, B: b } : { A: a },
-    [n, d],
-    n * d,
-    `
-      let smp = i / uniforms.d;
-      let c = i % uniforms.d;
-      var acc = 0.0;
-      for (var tok = 0; tok < uniforms.t; tok++) {
-        let row = smp * uniforms.t + tok;${stats}
-        let k = row * uniforms.d + c;
-        acc += ${term};
-      }
-      result[i] = acc;`,
-    { d, t },
-    { eps },
-  ) as tf.Tensor2D;
+  const [n, t, d] = dy.shape;
+  if (t > MAX_TERM_TOKENS) {
+    throw new Error(`tokenTermsWgsl: ${t} tokens; at most ${MAX_TERM_TOKENS} (its row table)`);
+  }
+  const { x, h, mod, eps = 0 } = options;
+  const stats = blocks.some((b) => b === "dy*a" || b === "dy*s*ln");
+  const scaled = blocks.some((b) => b === "dy*s" || b === "dy*s*ln");
+  const parts = modulationParts(
+    dy,
+    mod,
+    `${scaled ? "Mod" : ""} ${blocks.includes("dy*a") ? "W B" : ""}`,
+  );
+  const inputs: { [name: string]: tf.Tensor } = { DY: dy, ...parts.inputs };
+  if (stats) inputs.X = x!;
+  if (blocks.includes("dy*h")) inputs.H = h!;
+  const ln = "((X[k] - smean[tok]) * srstd[tok])";
+  const term: Record<TokenTerm, string> = {
+    zero: "0.0",
+    dy: "DY[k]",
+    "dy*h": "DY[k] * H[k]",
+    "dy*a": `DY[k] * ${parts.affine(ln)}`,
+    "dy*s*ln": `(DY[k] * ${parts.scale1}) * ${ln}`,
+    "dy*s": `DY[k] * ${parts.scale1}`,
+  };
+  const sums = blocks.map((b, k) =>
+    b === "zero" ? "" : `
+        if (blk == ${k}) {
+          for (var tok = 0; tok < uniforms.t; tok++) {
+            let k = (smp * uniforms.t + tok) * uniforms.d + j;
+            acc += ${term[b]};
+          }
+        }`
+  ).join("");
+  return runKernel({
+    key: `tokenterms_${blocks.join("_")}${mod?.affine ? "_affine" : ""}`,
+    inputs,
+    outShape: [n, blocks.length * d],
+    threads: n * TERM_GROUP,
+    group: TERM_GROUP,
+    shared: stats
+      ? `var<workgroup> smean : array<f32, ${MAX_TERM_TOKENS}>;
+      var<workgroup> srstd : array<f32, ${MAX_TERM_TOKENS}>;`
+      : "",
+    body: `
+      let smp = i / ${TERM_GROUP};
+      let lane = i % ${TERM_GROUP};
+      let m = smp * uniforms.md;
+      ${
+      stats
+        ? `for (var r = lane; r < uniforms.t; r += ${TERM_GROUP}) {${
+          rowStats("X", "(smp * uniforms.t + r)")
+        }
+        smean[r] = mean;
+        srstd[r] = rstd;
+      }`
+        : ""
+    }
+      workgroupBarrier();
+      for (var col = lane; col < ${blocks.length} * uniforms.d; col += ${TERM_GROUP}) {
+        let blk = col / uniforms.d;
+        let j = col % uniforms.d;
+        var acc = 0.0;${sums}
+        result[smp * ${blocks.length} * uniforms.d + col] = acc;
+      }`,
+    ints: { ...parts.ints, t }, // the token count even without a modulation
+    floats: { eps },
+  }) as tf.Tensor2D;
 }
 
 /** Elementwise over same-shaped inputs: `expr` in terms of `A[i]`, `B[i]`, ... *
@@ -257,19 +360,20 @@ export function elementwiseWgsl(
   prelude = "",
 ): tf.Tensor {
   const first = Object.values(inputs)[0];
-  return runKernel(
-    `ew_${key}`,
+  return runKernel({
+    key: `ew_${key}`,
     inputs,
-    first.shape,
-    first.size,
-    `${prelude}
+    outShape: first.shape,
+    threads: first.size,
+    body: `${prelude}
       result[i] = ${expr};`,
-  );
+  });
 }
 
 /**
- * `x + gate * h` with a per-sample `gate [N, D]` over `x`, `h` `[N, T, D]` (or, without `x`,
- * `gate * h`): the gated residual's forward and its `h` gradient.
+ * `x + gate * h` with a per-sample gate, column block `at` of `mod [N, k*D]` read in place, over
+ * `x`, `h` `[N, T, D]` (or, without `x`, `gate * h`): the gated residual's forward and its `h`
+ * gradient.
  *
  * @example
  * ```ts
@@ -277,26 +381,31 @@ export function elementwiseWgsl(
  * import { loadBackend } from "../runtime/backend.ts";
  * import { gateWgsl } from "./kernels_webgpu.ts";
  * await loadBackend("webgpu");
- * const y = gateWgsl(tf.ones([1, 2, 3]), tf.ones([1, 3]), tf.ones([1, 2, 3])); // x + gate * h
- * if ((await y.data()).some((v) => v !== 2)) throw new Error("every value 2");
+ * const y = gateWgsl(tf.ones([1, 2, 3]), { mod: tf.ones([1, 3]), at: 0 }, tf.ones([1, 2, 3]));
+ * if ((await y.data()).some((v) => v !== 2)) throw new Error("x + gate * h: every value 2");
  * ```
  */
-export function gateWgsl(x: tf.Tensor | null, gate: tf.Tensor, h: tf.Tensor): tf.Tensor {
+export function gateWgsl(
+  x: tf.Tensor | null,
+  gate: { mod: tf.Tensor; at: number },
+  h: tf.Tensor,
+): tf.Tensor {
   const [, t, d] = h.shape;
-  const g = "G[(i / (uniforms.t * uniforms.d)) * uniforms.d + i % uniforms.d]";
-  return runKernel(
-    x ? "gate_residual" : "gate",
-    x ? { X: x, G: gate, H: h } : { G: gate, H: h },
-    h.shape,
-    h.size,
-    `result[i] = ${x ? "X[i] + " : ""}${g} * H[i];`,
-    { t, d },
-  );
+  const g = "G[(i / (uniforms.t * uniforms.d)) * uniforms.md + uniforms.at + i % uniforms.d]";
+  return runKernel({
+    key: x ? "gate_residual" : "gate",
+    inputs: x ? { X: x, G: gate.mod, H: h } : { G: gate.mod, H: h },
+    outShape: h.shape,
+    threads: h.size,
+    body: `result[i] = ${x ? "X[i] + " : ""}${g} * H[i];`,
+    ints: { t, d, md: gate.mod.shape[1]!, at: gate.at * d },
+  });
 }
 
 /**
- * Column sums of `x [R, C]` over `slices` equal runs of rows: `[slices, C]`, or `[C]` when
- * `slices` is 1. One thread per (slice, column), rows added in order.
+ * Column sums of `x [R, C]` over `slices` equal runs of rows: `[slices, w]`, or `[w]` when
+ * `slices` is 1, for the `w` columns from `from` (default: all). One thread per (slice, column),
+ * rows added in order.
  *
  * @example
  * ```ts
@@ -304,26 +413,30 @@ export function gateWgsl(x: tf.Tensor | null, gate: tf.Tensor, h: tf.Tensor): tf
  * import { loadBackend } from "../runtime/backend.ts";
  * import { columnSumWgsl } from "./kernels_webgpu.ts";
  * await loadBackend("webgpu");
- * const s = columnSumWgsl(tf.ones([8, 3]) as tf.Tensor2D, 2); // [2, 3]: two slices of 4 rows
+ * const s = columnSumWgsl(tf.ones([8, 3]) as tf.Tensor2D, { slices: 2 }); // [2, 3]: slices of 4 rows
  * if ((await s.data()).some((v) => v !== 4)) throw new Error("every value 4");
  * ```
  */
-export function columnSumWgsl(x: tf.Tensor2D, slices = 1): tf.Tensor {
+export function columnSumWgsl(
+  x: tf.Tensor2D,
+  options: { slices?: number; from?: number; width?: number } = {},
+): tf.Tensor {
   const [r, c] = x.shape;
+  const { slices = 1, from = 0, width = c - from } = options;
   const rows = r / slices;
-  return runKernel(
-    "colsum",
-    { X: x },
-    slices === 1 ? [c] : [slices, c],
-    slices * c,
-    `
-      let s = i / uniforms.c;
-      let col = i % uniforms.c;
+  return runKernel({
+    key: "colsum",
+    inputs: { X: x },
+    outShape: slices === 1 ? [width] : [slices, width],
+    threads: slices * width,
+    body: `
+      let s = i / uniforms.cw;
+      let col = uniforms.c0 + i % uniforms.cw;
       var acc = 0.0;
       for (var k = 0; k < uniforms.rows; k++) { acc += X[(s * uniforms.rows + k) * uniforms.c + col]; }
       result[i] = acc;`,
-    { c, rows },
-  );
+    ints: { c, rows, cw: width, c0: from },
+  });
 }
 
 /** The largest head dimension the attention kernels take (their per-thread accumulators, hd long). */
@@ -392,19 +505,19 @@ export function qkNormWgsl(qkv: tf.Tensor, heads: number, eps: number, dy?: tf.T
   const hd = qkv.shape[qkv.rank - 1] / 3 / heads;
   const rows = qkv.size / hd;
   const pass = dy ? "DY" : "X";
-  return runKernel(
-    dy ? "qknorm_grad" : "qknorm",
-    dy ? { X: qkv, DY: dy } : { X: qkv },
-    qkv.shape,
-    rows,
-    `
+  return runKernel({
+    key: dy ? "qknorm_grad" : "qknorm",
+    inputs: dy ? { X: qkv, DY: dy } : { X: qkv },
+    outShape: qkv.shape,
+    threads: rows,
+    body: `
       if ((i % (3 * uniforms.h)) / uniforms.h == 2) { // a head of v
         for (var j = 0; j < uniforms.d; j++) { result[i * uniforms.d + j] = ${pass}[i * uniforms.d + j]; }
         return;
       }${dy ? lnBackward("DY[base + j]") : lnForward("y")}`,
-    { d: hd, h: heads, t: 1 },
-    { eps },
-  );
+    ints: { d: hd, h: heads, t: 1, md: hd },
+    floats: { eps },
+  });
 }
 
 /**
@@ -428,12 +541,12 @@ export function attentionWgsl(
   dims: { tokens: number; heads: number },
 ): tf.Tensor {
   const { threads, ints, floats } = attentionUniforms(qkv, dims);
-  return runKernel(
-    `attention_hd${ints.hd}`, // the accumulators are hd long: one pipeline per head size
-    { QKV: qkv },
-    [qkv.size / ints.rs, ints.d],
+  return runKernel({
+    key: `attention_hd${ints.hd}`, // the accumulators are hd long: one pipeline per head size
+    inputs: { QKV: qkv },
+    outShape: [qkv.size / ints.rs, ints.d],
     threads,
-    `${ATTN_INDEX}
+    body: `${ATTN_INDEX}
 ${ROW_MAX}
       var sum = 0.0;
       var acc : array<f32, ${ints.hd}>;
@@ -446,7 +559,7 @@ ${ROW_MAX}
       for (var c = 0; c < uniforms.hd; c++) { result[orow + c] = acc[c] / sum; }`,
     ints,
     floats,
-  );
+  });
 }
 
 /**
@@ -476,12 +589,12 @@ export function attentionGradWgsl(
   dims: { tokens: number; heads: number },
 ): tf.Tensor {
   const { threads, ints, floats } = attentionUniforms(qkv, dims);
-  const stats = runKernel(
-    "attention_stats",
-    { QKV: qkv, O: o, DO: dO },
-    [threads, 3],
+  const stats = runKernel({
+    key: "attention_stats",
+    inputs: { QKV: qkv, O: o, DO: dO },
+    outShape: [threads, 3],
     threads,
-    `${ATTN_INDEX}
+    body: `${ATTN_INDEX}
 ${ROW_MAX}
       var sum = 0.0;
       for (var j = 0; j < uniforms.t; j++) {${SCORE("row", "head0 + j * uniforms.rs")}
@@ -494,7 +607,7 @@ ${ROW_MAX}
       result[i * 3 + 2] = delta;`,
     ints,
     floats,
-  );
+  });
   // P and dS of query (q row `qr`, dO row `qo`, statistics `si`) and key (token row `kr`).
   const pds = (qr: string, qo: string, si: string, kr: string) =>
     `${SCORE(qr, kr)}
@@ -503,12 +616,12 @@ ${ROW_MAX}
         var dp = 0.0;
         for (var c = 0; c < uniforms.hd; c++) { dp += DO[${qo} + c] * QKV[${kr} + 2 * uniforms.d + c]; }
         let ds = p * (dp - St[si * 3 + 2]);`;
-  const grad = runKernel(
-    `attention_grad_hd${ints.hd}`,
-    { QKV: qkv, DO: dO, St: stats },
-    qkv.shape,
+  const grad = runKernel({
+    key: `attention_grad_hd${ints.hd}`,
+    inputs: { QKV: qkv, DO: dO, St: stats },
+    outShape: qkv.shape,
     threads,
-    `${ATTN_INDEX}
+    body: `${ATTN_INDEX}
       var dq : array<f32, ${ints.hd}>;
       var dk : array<f32, ${ints.hd}>;
       var dv : array<f32, ${ints.hd}>;
@@ -532,7 +645,7 @@ ${ROW_MAX}
       }`,
     ints,
     floats,
-  );
+  });
   stats.dispose();
   return grad;
 }
