@@ -14,10 +14,13 @@ import {
   layerNormModulate,
   linearBias,
   linearNoBias,
+  meanSquaredError,
   siluFused,
   SPLIT_K_ROWS,
   splitKWeightGrad,
+  straightPath,
   swigluGate,
+  timestepSinusoids,
 } from "../lib/model/kernels.ts";
 import { Rng } from "../lib/runtime/rng.ts";
 import { relErr, useBackend } from "./_shared.ts";
@@ -169,6 +172,12 @@ const layerCases: {
       ),
   },
   {
+    name: "mean squared error (the flow loss)",
+    shapes: [[3, 32, 32, 4]],
+    fused: (p) => meanSquaredError(p, tf.onesLike(p)),
+    plain: (p) => tf.mean(tf.square(tf.sub(p, tf.onesLike(p)))),
+  },
+  {
     name: "SiLU",
     shapes: [[3, 96]],
     fused: (x) => siluFused(x),
@@ -235,3 +244,31 @@ for (const [c, backend] of layerCases.flatMap((c) => [[c, "webgpu"], [c, "wasm"]
     }
   });
 }
+
+Deno.test("straight path and timestep sinusoids on webgpu (WGSL) match tf ops on cpu", async () => {
+  const data = seededNormal([3, 32, 32, 4], 20);
+  const noise = seededNormal([3, 32, 32, 4], 21);
+  const t = [0.1, 0.5, 0.97];
+  const freqs = new Float32Array(128).map((_, k) => Math.exp(-Math.log(10000) * k / 128));
+  const run = async (backend: BackendName) => {
+    if (!(await useBackend(backend))) return null;
+    const before = tf.memory().numTensors;
+    const [d, z, tt] = [
+      tf.tensor(data, [3, 32, 32, 4]),
+      tf.tensor(noise, [3, 32, 32, 4]),
+      tf.tensor1d(t),
+    ];
+    const { xt, v } = straightPath(d, z, tt);
+    const e = timestepSinusoids(tt, freqs, 1000);
+    const out = [await xt.data(), await v.data(), await e.data()];
+    tf.dispose([d, z, tt, xt, v, e]);
+    assertEquals(tf.memory().numTensors, before);
+    return out;
+  };
+  const got = await run("webgpu");
+  const want = await run("cpu");
+  if (!got || !want) return;
+  assertLess(relErr(got[0], want[0]), 1e-6, "x_t");
+  assertLess(relErr(got[1], want[1]), 1e-6, "v");
+  assertLess(relErr(got[2], want[2]), 1e-5, "[cos | sin]");
+});

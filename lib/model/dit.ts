@@ -31,6 +31,7 @@ import {
   siluFused,
   splitHeads,
   swigluGate,
+  timestepSinusoids,
   wgslAttention,
 } from "./kernels.ts";
 import { Rng } from "../runtime/rng.ts";
@@ -328,7 +329,8 @@ function timestepFreqs(dim: number): Float32Array {
 }
 
 /**
- * Sinusoidal embedding of t (already scaled by 1000): `[N] -> [N, dim]` = [cos | sin].
+ * Sinusoidal embedding of t (scaled by `options.scale` first; the DiT passes t in [0, 1] with
+ * scale 1000): `[N] -> [N, dim]` = [cos | sin].
  *
  * @example
  * ```ts
@@ -340,11 +342,12 @@ function timestepFreqs(dim: number): Float32Array {
  * if (e.shape.join() !== "3,256") throw new Error(String(e.shape));
  * ```
  */
-export function timestepEmbedding(t: tf.Tensor1D, dim = 256): tf.Tensor2D {
-  return tf.tidy(() => {
-    const args = tf.mul(tf.reshape(t, [-1, 1]), tf.tensor2d(timestepFreqs(dim), [1, dim / 2])); // [N, dim/2]
-    return tf.concat([tf.cos(args), tf.sin(args)], 1) as tf.Tensor2D; // [N, dim]
-  });
+export function timestepEmbedding(
+  t: tf.Tensor1D,
+  dim = 256,
+  options: { scale?: number } = {},
+): tf.Tensor2D {
+  return timestepSinusoids(t, timestepFreqs(dim), options.scale); // [N, dim]
 }
 
 // ---------------------------------------------------------------- layers
@@ -554,7 +557,7 @@ export function ditForward(
     // Patch embedding = a 2x2 stride-2 conv, written as patchify + matmul (same maths, one GEMM).
     let h = tf.add(linear(patchify(x, p), params.xEmbedder.proj), params.posEmbed); // [N, T, D]
     const tEmb = linear(
-      siluFused(linear(timestepEmbedding(tf.mul(t, 1000) as tf.Tensor1D), params.tEmbedder.mlp0)),
+      siluFused(linear(timestepEmbedding(t, 256, { scale: 1000 }), params.tEmbedder.mlp0)),
       params.tEmbedder.mlp2,
     ); // [N, D]
     // Embedding lookup as one-hot @ table: exact, and its gradient is a matmul on every backend

@@ -11,6 +11,7 @@
 import * as tf from "@tensorflow/tfjs-core";
 import { type ClassIds, DEFAULT_CONFIG, type DiT, nullClassId } from "./dit.ts";
 import { Rng } from "../runtime/rng.ts";
+import { meanSquaredError, straightPath } from "./kernels.ts";
 
 /** A training batch for the flow objective. */
 export interface FlowBatch {
@@ -82,11 +83,7 @@ export function flowTargets(
   noise: tf.Tensor4D,
   t: tf.Tensor1D,
 ): { xt: tf.Tensor4D; v: tf.Tensor4D } {
-  return tf.tidy(() => {
-    const t4 = tf.reshape(t, [t.shape[0], 1, 1, 1]); // [N, 1, 1, 1]
-    const xt = tf.add(tf.mul(tf.sub(1, t4), noise), tf.mul(t4, data)) as tf.Tensor4D; // [N, H, W, C]
-    return { xt, v: tf.sub(data, noise) as tf.Tensor4D };
-  });
+  return straightPath(data, noise, t); // [N, H, W, C] each
 }
 
 /**
@@ -129,7 +126,7 @@ export function disposeBatch(b: FlowBatch): void {
 export function flowLoss(model: DiT, batch: FlowBatch): tf.Scalar {
   return tf.tidy(() => {
     const pred = model.forward(batch.xt, batch.t, batch.y); // [N, H, W, C]
-    return tf.mean(tf.square(tf.sub(pred, batch.v))) as tf.Scalar;
+    return meanSquaredError(pred, batch.v);
   });
 }
 

@@ -27,8 +27,11 @@ import {
   layerNormGradWgsl,
   layerNormWgsl,
   MAX_HEAD_DIM,
+  meanSquaredErrorWgsl,
   type ModulationWgsl,
   qkNormWgsl,
+  sinusoidsWgsl,
+  straightPathWgsl,
   type TokenTerm,
   tokenTermsWgsl,
 } from "./kernels_webgpu.ts";
@@ -640,16 +643,16 @@ const SIG = "let sg = 1.0 / (1.0 + exp(-1.0 * A[i]));";
 const swigluGateGpuOp = fused((a: tf.Tensor, b: tf.Tensor, save: tf.GradSaveFunc) => {
   save([a, b]);
   return {
-    value: elementwiseWgsl("swiglu", { A: a, B: b }, "(A[i] * sg) * B[i]", SIG),
+    value: elementwiseWgsl("swiglu", { A: a, B: b }, "(A[i] * sg) * B[i]", { prelude: SIG }),
     gradFunc: (dy: tf.Tensor, [sa, sb]: tf.Tensor[]) => [
       // d silu(a) / da = sig * (1 + a * (1 - sig)).
       elementwiseWgsl(
         "swiglu_da",
         { A: sa, B: sb, DY: dy },
         "(DY[i] * B[i]) * (sg * (A[i] * (1.0 - sg) + 1.0))",
-        SIG,
+        { prelude: SIG },
       ),
-      elementwiseWgsl("swiglu_db", { A: sa, DY: dy }, "DY[i] * (A[i] * sg)", SIG),
+      elementwiseWgsl("swiglu_db", { A: sa, DY: dy }, "DY[i] * (A[i] * sg)", { prelude: SIG }),
     ],
   };
 });
@@ -657,13 +660,13 @@ const swigluGateGpuOp = fused((a: tf.Tensor, b: tf.Tensor, save: tf.GradSaveFunc
 const siluGpuOp = fused((x: tf.Tensor, save: tf.GradSaveFunc) => {
   save([x]);
   return {
-    value: elementwiseWgsl("silu", { A: x }, "A[i] * sg", SIG),
+    value: elementwiseWgsl("silu", { A: x }, "A[i] * sg", { prelude: SIG }),
     gradFunc: (dy: tf.Tensor, [sx]: tf.Tensor[]) => [
       elementwiseWgsl(
         "silu_grad",
         { A: sx, DY: dy },
         "DY[i] * (sg * (A[i] * (1.0 - sg) + 1.0))",
-        SIG,
+        { prelude: SIG },
       ),
     ],
   };
@@ -751,3 +754,99 @@ function gatedResidualGpuOp(at: number): (...x: tf.Tensor[]) => tf.Tensor {
   return op;
 }
 const gpuResiduals = new Map<number, (...x: tf.Tensor[]) => tf.Tensor>();
+
+/**
+ * `mean((pred - target)^2)`, differentiable in `pred` (the target is data: no gradient is made for
+ * it). On webgpu one WGSL reduction forward and one elementwise kernel backward (tf ops take 3 and
+ * about 6); elsewhere tf ops.
+ *
+ * @example
+ * ```ts
+ * import * as tf from "@tensorflow/tfjs-core";
+ * import { loadBackend } from "../runtime/backend.ts";
+ * await loadBackend("cpu");
+ * import { meanSquaredError } from "./kernels.ts";
+ * const l = meanSquaredError(tf.fill([4], 3), tf.ones([4])); // 4
+ * if (l.dataSync()[0] !== 4) throw new Error("mean of (3 - 1)^2");
+ * ```
+ */
+export function meanSquaredError(pred: tf.Tensor, target: tf.Tensor): tf.Scalar {
+  if (!onWebGpu()) return tf.mean(tf.square(tf.sub(pred, target))) as tf.Scalar;
+  const op = fused((p: tf.Tensor, save: tf.GradSaveFunc) => {
+    save([p, target]);
+    return {
+      value: tf.reshape(meanSquaredErrorWgsl(p, target), []), // []
+      // d/dp mean((p - t)^2) = dy * 2 (p - t) / n
+      gradFunc: (dy: tf.Tensor, [sp, st]: tf.Tensor[]) => [
+        elementwiseWgsl(
+          "mse_grad",
+          { A: sp, B: st, DY: dy },
+          "(DY[0] * uniforms.k) * (A[i] - B[i])",
+          {
+            floats: { k: 2 / sp.size },
+          },
+        ),
+      ],
+    };
+  });
+  return op(pred) as tf.Scalar;
+}
+
+/**
+ * The straight path's point and velocity, `x_t = (1 - t) * noise + t * data` and
+ * `v = data - noise`, for `[N, ...]` data and noise and per-sample `t [N]` (one WGSL kernel each
+ * on webgpu).
+ *
+ * @example
+ * ```ts
+ * import * as tf from "@tensorflow/tfjs-core";
+ * import { loadBackend } from "../runtime/backend.ts";
+ * await loadBackend("cpu");
+ * import { straightPath } from "./kernels.ts";
+ * const { xt, v } = straightPath(tf.ones([1, 4]), tf.zeros([1, 4]), tf.tensor1d([0.25]));
+ * if (xt.dataSync()[0] !== 0.25 || v.dataSync()[0] !== 1) throw new Error("rectified flow");
+ * ```
+ */
+export function straightPath<T extends tf.Tensor>(
+  data: T,
+  noise: T,
+  t: tf.Tensor1D,
+): { xt: T; v: T } {
+  if (onWebGpu()) {
+    return {
+      xt: straightPathWgsl("xt", data, noise, t) as T,
+      v: straightPathWgsl("v", data, noise, t) as T,
+    };
+  }
+  return tf.tidy(() => {
+    const tn = tf.reshape(t, [t.shape[0], ...data.shape.slice(1).map(() => 1)]); // [N, 1, ...]
+    return {
+      xt: tf.add(tf.mul(tf.sub(1, tn), noise), tf.mul(tn, data)) as T,
+      v: tf.sub(data, noise) as T,
+    };
+  });
+}
+
+/**
+ * `[cos(a) | sin(a)]` with `a = (t * scale) * f_k` for `t [N]` and `freqs [half]`: the timestep
+ * embedding's sinusoids, `[N, 2 * half]` (one WGSL kernel on webgpu, five tf ops elsewhere).
+ *
+ * @example
+ * ```ts
+ * import * as tf from "@tensorflow/tfjs-core";
+ * import { loadBackend } from "../runtime/backend.ts";
+ * await loadBackend("cpu");
+ * import { timestepSinusoids } from "./kernels.ts";
+ * const e = timestepSinusoids(tf.tensor1d([0]), new Float32Array([1, 1]), 1000); // [1, 4]
+ * if (e.dataSync().join() !== "1,1,0,0") throw new Error("[cos | sin]");
+ * ```
+ */
+export function timestepSinusoids(t: tf.Tensor1D, freqs: Float32Array, scale = 1): tf.Tensor2D {
+  return tf.tidy(() => {
+    const f = tf.tensor1d(freqs); // [half]
+    if (onWebGpu()) return sinusoidsWgsl(t, f, scale) as tf.Tensor2D;
+    const ts = scale === 1 ? t : tf.mul(t, scale); // [N]
+    const args = tf.mul(tf.reshape(ts, [-1, 1]), tf.reshape(f, [1, -1])); // [N, half]
+    return tf.concat([tf.cos(args), tf.sin(args)], 1) as tf.Tensor2D; // [N, 2 * half]
+  });
+}

@@ -357,7 +357,7 @@ export function elementwiseWgsl(
   key: string,
   inputs: { [name: string]: tf.Tensor },
   expr: string,
-  prelude = "",
+  options: { prelude?: string; floats?: { [name: string]: number } } = {},
 ): tf.Tensor {
   const first = Object.values(inputs)[0];
   return runKernel({
@@ -365,8 +365,111 @@ export function elementwiseWgsl(
     inputs,
     outShape: first.shape,
     threads: first.size,
-    body: `${prelude}
+    body: `${options.prelude ?? ""}
       result[i] = ${expr};`,
+    floats: options.floats,
+  });
+}
+
+/** Lanes of {@link meanSquaredErrorWgsl}'s one workgroup (a power of two). */
+const MSE_GROUP = 256;
+
+/**
+ * `mean((a - b)^2)` over all values, as `[1]`: one workgroup, each lane adds a strided run in
+ * order, then a fixed pairwise tree (the same bits on every call; tf.mean's order differs).
+ *
+ * @example
+ * ```ts
+ * import * as tf from "@tensorflow/tfjs-core";
+ * import { loadBackend } from "../runtime/backend.ts";
+ * import { meanSquaredErrorWgsl } from "./kernels_webgpu.ts";
+ * await loadBackend("webgpu");
+ * const l = meanSquaredErrorWgsl(tf.fill([1000], 3), tf.ones([1000])); // [4]
+ * if ((await l.data())[0] !== 4) throw new Error("mean of (3 - 1)^2");
+ * ```
+ */
+export function meanSquaredErrorWgsl(a: tf.Tensor, b: tf.Tensor): tf.Tensor {
+  return runKernel({
+    key: "mse",
+    inputs: { A: a, B: b },
+    outShape: [1],
+    threads: MSE_GROUP,
+    group: MSE_GROUP,
+    shared: `var<workgroup> part : array<f32, ${MSE_GROUP}>;`,
+    body: `
+      var acc = 0.0;
+      for (var k = i; k < uniforms.n; k += ${MSE_GROUP}) { let e = A[k] - B[k]; acc += e * e; }
+      part[i] = acc;
+      workgroupBarrier();
+      for (var w = ${MSE_GROUP / 2}; w > 0; w = w / 2) {
+        if (i < w) { part[i] += part[i + w]; }
+        workgroupBarrier();
+      }
+      if (i == 0) { result[0] = part[0] / f32(uniforms.n); }`,
+    ints: { n: a.size },
+  });
+}
+
+/**
+ * The straight path's point `x_t = (1 - t) * noise + t * data` (`which` "xt") or its velocity
+ * `v = data - noise` ("v"), for `data`, `noise` `[N, ...]` and per-sample `t [N]`.
+ *
+ * @example
+ * ```ts
+ * import * as tf from "@tensorflow/tfjs-core";
+ * import { loadBackend } from "../runtime/backend.ts";
+ * import { straightPathWgsl } from "./kernels_webgpu.ts";
+ * await loadBackend("webgpu");
+ * const xt = straightPathWgsl("xt", tf.ones([1, 4]), tf.zeros([1, 4]), tf.tensor1d([0.25]));
+ * if ((await xt.data()).some((v) => v !== 0.25)) throw new Error("t * data");
+ * ```
+ */
+export function straightPathWgsl(
+  which: "xt" | "v",
+  data: tf.Tensor,
+  noise: tf.Tensor,
+  t: tf.Tensor,
+): tf.Tensor {
+  return runKernel({
+    key: `path_${which}`,
+    inputs: which === "xt" ? { D: data, Z: noise, T: t } : { D: data, Z: noise },
+    outShape: data.shape,
+    threads: data.size,
+    body: which === "xt"
+      ? `let tn = T[i / uniforms.per];
+      result[i] = (1.0 - tn) * Z[i] + tn * D[i];`
+      : "result[i] = D[i] - Z[i];",
+    ints: { per: data.size / data.shape[0] },
+  });
+}
+
+/**
+ * The sinusoidal timestep embedding `[cos(a) | sin(a)]` with `a = (t * scale) * f_k`: `t [N]`,
+ * frequencies `freqs [half]` -> `[N, 2 * half]`, one thread per value.
+ *
+ * @example
+ * ```ts
+ * import * as tf from "@tensorflow/tfjs-core";
+ * import { loadBackend } from "../runtime/backend.ts";
+ * import { sinusoidsWgsl } from "./kernels_webgpu.ts";
+ * await loadBackend("webgpu");
+ * const e = sinusoidsWgsl(tf.tensor1d([0]), tf.ones([2]), 1000); // [1, 4]: cos 0, cos 0, sin 0, sin 0
+ * if ((await e.data()).join() !== "1,1,0,0") throw new Error("[cos | sin]");
+ * ```
+ */
+export function sinusoidsWgsl(t: tf.Tensor, freqs: tf.Tensor, scale: number): tf.Tensor {
+  const half = freqs.size;
+  return runKernel({
+    key: "sinusoids",
+    inputs: { T: t, F: freqs },
+    outShape: [t.size, 2 * half],
+    threads: t.size * 2 * half,
+    body: `
+      let k = i % (2 * uniforms.half);
+      let a = (T[i / (2 * uniforms.half)] * uniforms.scale) * F[k % uniforms.half];
+      result[i] = select(sin(a), cos(a), k < uniforms.half);`,
+    ints: { half },
+    floats: { scale },
   });
 }
 
