@@ -20,6 +20,7 @@ import {
   splitKWeightGrad,
   straightPath,
   swigluGate,
+  swigluHidden,
   timestepSinusoids,
 } from "../lib/model/kernels.ts";
 import { Rng } from "../lib/runtime/rng.ts";
@@ -189,6 +190,18 @@ const layerCases: {
     fused: (a, b) => swigluGate(a, b),
     plain: (a, b) => tf.mul(tf.mul(a, tf.sigmoid(a)), b),
   },
+  // M = 512 rows: one product; M = 2,048: the weight gradients split in two slices of 1,024 rows.
+  ...[2, 8].map((n) => ({
+    name: `SwiGLU hidden (w1 and w2 as one packed product on webgpu), M = ${n * 256}`,
+    shapes: [[n, 256, 96], [96, 192], [192], [96, 192], [192]],
+    fused: (x: tf.Tensor, w1: tf.Tensor, b1: tf.Tensor, w2: tf.Tensor, b2: tf.Tensor) =>
+      swigluHidden(x, { weight: w1, bias: b1 }, { weight: w2, bias: b2 }),
+    plain: (x: tf.Tensor, w1: tf.Tensor, b1: tf.Tensor, w2: tf.Tensor, b2: tf.Tensor) => {
+      const lin = (w: tf.Tensor, b: tf.Tensor) => tf.add(tf.matMul(tf.reshape(x, [-1, 96]), w), b); // [M, 192]
+      const a = lin(w1, b1);
+      return tf.reshape(tf.mul(tf.mul(a, tf.sigmoid(a)), lin(w2, b2)), [n, 256, 192]);
+    },
+  })),
   {
     name: "qk-norm attention from the packed qkv",
     shapes: [[2, 64, 288]],

@@ -30,7 +30,7 @@ import {
   modulateFused,
   siluFused,
   splitHeads,
-  swigluGate,
+  swigluHidden,
   timestepSinusoids,
   wgslAttention,
 } from "./kernels.ts";
@@ -428,10 +428,10 @@ function attention(x: tf.Tensor, p: BlockParams["attn"], heads: number): tf.Tens
 
 /** SwiGLU: w3(silu(w1 x) * w2 x). */
 function swiglu(x: tf.Tensor, p: BlockParams["mlp"]): tf.Tensor {
+  if (fusedLayers()) return linear(swigluHidden(x, p.w1, p.w2), p.w3); // [N, T, D]
   const a = linear(x, p.w1); // [N, T, H]
   const b = linear(x, p.w2); // [N, T, H]
-  const gated = fusedLayers() ? swigluGate(a, b) : tf.mul(tf.mul(a, tf.sigmoid(a)), b); // [N, T, H]
-  return linear(gated, p.w3); // [N, T, D]
+  return linear(tf.mul(tf.mul(a, tf.sigmoid(a)), b), p.w3); // [N, T, D]
 }
 
 /** One DiT block with adaLN-Zero conditioning. x: [N, T, D], sc = silu(c): [N, D]. */

@@ -32,6 +32,7 @@ import {
   qkNormWgsl,
   sinusoidsWgsl,
   straightPathWgsl,
+  swigluPackedWgsl,
   type TokenTerm,
   tokenTermsWgsl,
 } from "./kernels_webgpu.ts";
@@ -619,6 +620,99 @@ const swigluGateOp = fused((a: tf.Tensor, b: tf.Tensor, save: tf.GradSaveFunc) =
     },
   };
 });
+
+/**
+ * `x^T @ dy` for a `dy [M, k*w]` made of `k` column blocks, as `k` weight gradients `[in, w]`:
+ * one product (split as {@link splitKWeightGrad} splits it), then one column sum per block.
+ */
+function weightGradBlocks(x: tf.Tensor2D, dy: tf.Tensor2D, k: number): tf.Tensor2D[] {
+  const [m, i] = x.shape;
+  const o = dy.shape[1];
+  const w = o / k;
+  const s = splitKSlices(m);
+  return tf.tidy(() => {
+    const r = m / s;
+    const parts = tf.matMul(tf.reshape(x, [s, r, i]), tf.reshape(dy, [s, r, o]), true, false); // [S, in, k*w]
+    const flat = tf.reshape(parts, [s, i * o]) as tf.Tensor2D;
+    return Array.from({ length: k }, (_, b) =>
+      tf.reshape(
+        columnSumWgsl(flat, { blocks: i, width: w, pitch: o, from: b * w }),
+        [i, w],
+      ) as tf.Tensor2D // [in, w]
+    );
+  });
+}
+
+/** Column sums of `dy [M, k*w]` as `k` bias gradients `[w]` (rows in slices first when long). */
+function sumRowsBlocks(dy: tf.Tensor2D, k: number): tf.Tensor1D[] {
+  const [m, o] = dy.shape;
+  const w = o / k;
+  const s = splitKSlices(m);
+  return tf.tidy(() => {
+    const partial = s === 1 ? dy : columnSumWgsl(dy, { slices: s }) as tf.Tensor2D; // [S, k*w]
+    return Array.from(
+      { length: k },
+      (_, b) => columnSumWgsl(partial, { from: b * w, width: w }) as tf.Tensor1D, // [w]
+    );
+  });
+}
+
+/**
+ * webgpu: `silu(x @ w1 + b1) * (x @ w2 + b2)` as one product over the packed `[w1 | w2]` and one
+ * gate kernel; backward: one packed gate gradient, one `dx` product, one weight-gradient product
+ * for both weights (tf ops: two products each way and an add for dx).
+ */
+const swigluHiddenGpuOp = fused((...args: tf.Tensor[]) => {
+  const save = args.pop() as unknown as tf.GradSaveFunc;
+  const [x, w1, b1, w2, b2] = args;
+  const w12 = tf.concat([w1, w2], 1); // [D, 2H]
+  const ab = gemm(x, w12, { bias: tf.concat([b1, b2]) }); // [M, 2H]
+  save([x, w12, ab]);
+  return {
+    value: swigluPackedWgsl(ab), // [M, H]
+    gradFunc: (dg: tf.Tensor, [sx, sw, sab]: tf.Tensor[]) => {
+      const dab = swigluPackedWgsl(sab, dg) as tf.Tensor2D; // [M, 2H]
+      const [dw1, dw2] = weightGradBlocks(sx as tf.Tensor2D, dab, 2); // 2 x [D, H]
+      const [db1, db2] = sumRowsBlocks(dab, 2); // 2 x [H]
+      const dx = gemm(dab, sw, { transposeB: true }); // [M, D]
+      dab.dispose();
+      return [dx, dw1, db1, dw2, db2];
+    },
+  };
+});
+
+/**
+ * The SwiGLU's hidden activation `silu(x @ w1 + b1) * (x @ w2 + b2)` for `x [..., D]` and
+ * `w1`, `w2` `[D, H]` with biases: on webgpu one packed product and one WGSL gate (see
+ * swigluHiddenGpuOp); elsewhere two {@link linearBias} products and {@link swigluGate}.
+ *
+ * @example
+ * ```ts
+ * import * as tf from "@tensorflow/tfjs-core";
+ * import { loadBackend } from "../runtime/backend.ts";
+ * await loadBackend("cpu");
+ * import { swigluHidden } from "./kernels.ts";
+ * const l = { weight: tf.ones([3, 2]), bias: tf.zeros([2]) };
+ * const h = swigluHidden(tf.zeros([4, 3]), l, l); // [4, 2]: silu(0) * 0 = 0
+ * if (h.shape.join() !== "4,2" || h.dataSync().some((v) => v !== 0)) throw new Error("zeros");
+ * ```
+ */
+export function swigluHidden(
+  x: tf.Tensor,
+  w1: { weight: tf.Tensor; bias?: tf.Tensor },
+  w2: { weight: tf.Tensor; bias?: tf.Tensor },
+): tf.Tensor {
+  const [d, h] = w1.weight.shape;
+  const lead = x.shape.slice(0, -1);
+  const x2 = tf.reshape(x, [-1, d]) as tf.Tensor2D; // [M, D]
+  const b1 = w1.bias ?? tf.zeros([h]);
+  const b2 = w2.bias ?? tf.zeros([h]);
+  const out = onWebGpu() ? swigluHiddenGpuOp(x2, w1.weight, b1, w2.weight, b2) : swigluGate(
+    linearBias(x2, w1.weight as tf.Tensor2D, b1 as tf.Tensor1D),
+    linearBias(x2, w2.weight as tf.Tensor2D, b2 as tf.Tensor1D),
+  );
+  return tf.reshape(out, [...lead, h]); // [..., H]
+}
 
 /**
  * `silu(a) * b` (the SwiGLU gate).

@@ -371,6 +371,62 @@ export function elementwiseWgsl(
   });
 }
 
+/** WGSL: the sigmoid of `a`, as tfjs-webgpu computes it. */
+const sigmoid = (a: string) => `(1.0 / (1.0 + exp(-1.0 * ${a})))`;
+
+/**
+ * The SwiGLU gate `silu(a) * b` on the packed `ab [M, 2H]` (a = w1's half, b = w2's; one product
+ * made both), or with `dg [M, H]` its gradient, packed `[M, 2H]` the same way:
+ * `da = dg * b * sig * (1 + a * (1 - sig))`, `db = dg * silu(a)`.
+ *
+ * @example
+ * ```ts
+ * import * as tf from "@tensorflow/tfjs-core";
+ * import { loadBackend } from "../runtime/backend.ts";
+ * import { swigluPackedWgsl } from "./kernels_webgpu.ts";
+ * await loadBackend("webgpu");
+ * const g = swigluPackedWgsl(tf.tensor2d([[0, 5]])); // silu(0) * 5 = 0
+ * if ((await g.data())[0] !== 0) throw new Error("silu(0) = 0");
+ * ```
+ */
+export function swigluPackedWgsl(ab: tf.Tensor, dg?: tf.Tensor): tf.Tensor {
+  const [m, h2] = ab.shape;
+  const h = h2 / 2;
+  const a = "AB[r * 2 * uniforms.h + j]";
+  const b = "AB[r * 2 * uniforms.h + uniforms.h + j]";
+  if (!dg) {
+    return runKernel({
+      key: "swiglu_packed",
+      inputs: { AB: ab },
+      outShape: [m, h],
+      threads: m * h,
+      body: `
+      let r = i / uniforms.h;
+      let j = i % uniforms.h;
+      result[i] = (${a} * ${sigmoid(a)}) * ${b};`,
+      ints: { h },
+    });
+  }
+  return runKernel({
+    key: "swiglu_packed_grad",
+    inputs: { AB: ab, DG: dg },
+    outShape: ab.shape,
+    threads: ab.size,
+    body: `
+      let r = i / (2 * uniforms.h);
+      let c = i % (2 * uniforms.h);
+      let j = c % uniforms.h;
+      let sg = ${sigmoid(a)};
+      let g = DG[r * uniforms.h + j];
+      if (c < uniforms.h) {
+        result[i] = (g * ${b}) * (sg * (${a} * (1.0 - sg) + 1.0));
+      } else {
+        result[i] = g * (${a} * sg);
+      }`,
+    ints: { h },
+  });
+}
+
 /** Lanes of {@link meanSquaredErrorWgsl}'s one workgroup (a power of two). */
 const MSE_GROUP = 256;
 
@@ -507,8 +563,10 @@ export function gateWgsl(
 
 /**
  * Column sums of `x [R, C]` over `slices` equal runs of rows: `[slices, w]`, or `[w]` when
- * `slices` is 1, for the `w` columns from `from` (default: all). One thread per (slice, column),
- * rows added in order.
+ * `slices` is 1, for the `w = width` columns from `from` (default: all); with `blocks`, `blocks`
+ * runs of `width` columns, `pitch` apart (a column block of each row of a matrix flattened into
+ * C, e.g. `dW1` of a packed `[in, 2H]` weight gradient). One thread per (slice, column), rows
+ * added in order.
  *
  * @example
  * ```ts
@@ -522,23 +580,25 @@ export function gateWgsl(
  */
 export function columnSumWgsl(
   x: tf.Tensor2D,
-  options: { slices?: number; from?: number; width?: number } = {},
+  options: { slices?: number; from?: number; width?: number; blocks?: number; pitch?: number } = {},
 ): tf.Tensor {
   const [r, c] = x.shape;
-  const { slices = 1, from = 0, width = c - from } = options;
+  const { slices = 1, from = 0, width = c - from, blocks = 1, pitch = 0 } = options;
   const rows = r / slices;
+  const cols = blocks * width;
   return runKernel({
     key: "colsum",
     inputs: { X: x },
-    outShape: slices === 1 ? [width] : [slices, width],
-    threads: slices * width,
+    outShape: slices === 1 ? [cols] : [slices, cols],
+    threads: slices * cols,
     body: `
-      let s = i / uniforms.cw;
-      let col = uniforms.c0 + i % uniforms.cw;
+      let s = i / uniforms.cols;
+      let o = i % uniforms.cols;
+      let col = (o / uniforms.cw) * uniforms.pitch + uniforms.c0 + o % uniforms.cw;
       var acc = 0.0;
       for (var k = 0; k < uniforms.rows; k++) { acc += X[(s * uniforms.rows + k) * uniforms.c + col]; }
       result[i] = acc;`,
-    ints: { c, rows, cw: width, c0: from },
+    ints: { c, rows, cols, cw: width, c0: from, pitch },
   });
 }
 
