@@ -1,8 +1,10 @@
 // The closed-form layers of lib/model/kernels.ts. The linear layer's gradients (dx, dW, db) against
 // plain float64 sums in JS, at a row count that takes webgpu's split-K weight gradient (M = 4,096:
-// four slices of 1,024 rows) and one that does not (M = 1,000), on webgpu and wasm; the WGSL
-// layers of kernels_webgpu.ts (LayerNorm, with modulation, SwiGLU gate, gated residual) against
-// plain tf ops differentiated by tfjs on the cpu backend.
+// four slices of 1,024 rows) and one that does not (M = 1,000), on webgpu and wasm, with and
+// without a bias; the layers (on webgpu their WGSL kernels from kernels_webgpu.ts: LayerNorm, with
+// the adaLN modulation read in place and the final layer's affine, SiLU, the flow loss, the packed
+// SwiGLU, the qk-norm attention, the gated residual) against plain tf ops differentiated by tfjs
+// on the cpu backend, with a check that no WGSL kernel failed WebGPU's validation.
 import * as tf from "@tensorflow/tfjs-core";
 import "@tensorflow/tfjs"; // the gradients of the core ops (tf.sum, tf.mul), as dit.ts does
 import { assert, assertEquals, assertLess } from "./_assert.ts";
@@ -153,9 +155,10 @@ const layerCases: {
     plain: (x) => plainLayers.layerNorm(x),
   },
   {
-    // shift and scale read in place from blocks 1 and 2 of a 4-block adaLN output
+    // shift and scale read in place from blocks 1 and 2 of a 4-block adaLN output; 300 tokens:
+    // more than one row per lane in the per-sample gradient kernel
     name: "layerNorm + modulate",
-    shapes: [[3, 256, 96], [3, 4 * 96]],
+    shapes: [[3, 300, 96], [3, 4 * 96]],
     fused: (x, mod) => layerNormModulate(x as tf.Tensor3D, mod as tf.Tensor2D, { at: 1 }),
     plain: (x, mod) => plainLayers.modulate(plainLayers.layerNorm(x), block(mod, 1), block(mod, 2)),
   },

@@ -21,6 +21,7 @@ import { isWasmBackend } from "../runtime/backend.ts";
 import {
   attentionCore,
   attentionQkv,
+  columnBlock,
   gatedResidual,
   layerNormFused,
   layerNormModulate,
@@ -354,7 +355,8 @@ export function timestepEmbedding(
 
 /**
  * Whether the layers take kernels.ts's closed-form gradients: on wasm they make fewer passes over
- * memory, on webgpu fewer dispatches (1,637 -> 1,304 per training step of DiT-Nano/2).
+ * memory, on webgpu fewer dispatches (1,637 -> 393 per training step of DiT-Nano/2 with the WGSL
+ * kernels of kernels_webgpu.ts).
  */
 function fusedLayers(): boolean {
   return isWasmBackend() || tf.getBackend() === "webgpu";
@@ -444,11 +446,6 @@ function ditBlock(x: tf.Tensor, sc: tf.Tensor, p: BlockParams, heads: number): t
   return residual(x, mod, 5, m);
 }
 
-/** Column block `at` of a per-sample `[N, k*D]` tensor: `[N, D]`. */
-function block(mod: tf.Tensor, at: number, d: number): tf.Tensor {
-  return tf.slice(mod, [0, at * d], [mod.shape[0], d]);
-}
-
 /**
  * modulate(layerNorm(x), shift, scale) with shift and scale blocks `at` and `at + 1` of the adaLN
  * output `mod`, LayerNorm's affine first when given: the input of each branch and of the final
@@ -466,7 +463,7 @@ function normModulate(
   const d = x.shape[2]!;
   const y = layerNorm(x);
   const a = affine ? tf.add(tf.mul(y, affine.weight), affine.bias) : y;
-  return modulate(a, block(mod, at, d), block(mod, at + 1, d));
+  return modulate(a, columnBlock(mod, at, d), columnBlock(mod, at + 1, d));
 }
 
 /** x + gate * h, with a per-sample gate (block `at` of `mod`) broadcast over tokens. */
@@ -475,7 +472,7 @@ function residual(x: tf.Tensor, mod: tf.Tensor, at: number, h: tf.Tensor): tf.Te
     return gatedResidual(x as tf.Tensor3D, h as tf.Tensor3D, { mod: mod as tf.Tensor2D, at });
   }
   const [n, , d] = x.shape;
-  return tf.add(x, tf.mul(tf.reshape(block(mod, at, d!), [n, 1, d!]), h));
+  return tf.add(x, tf.mul(tf.reshape(columnBlock(mod, at, d!), [n, 1, d!]), h));
 }
 
 /** Final layer: affine LayerNorm, modulation, projection to p*p*C values per token. */

@@ -130,6 +130,9 @@ export function flowLoss(model: DiT, batch: FlowBatch): tf.Scalar {
   });
 }
 
+/** Sampling steps between two waits for the latents (GPU readbacks) in {@link sample}. */
+const SYNC_EVERY = 10;
+
 /** Samplers: Euler (1 model evaluation per step) or Heun (2 per step, every step). */
 export type SamplerName = "euler" | "heun";
 
@@ -250,8 +253,10 @@ export async function sample(
       x.dispose();
       x = next;
       options.onStep?.(i + 1, steps);
-      // Let the event loop breathe (progress bars, Ctrl-C) and keep GPU queues short.
-      values = await x.data();
+      // Let the event loop breathe (progress bars, Ctrl-C); every SYNC_EVERY steps and at the end
+      // wait for the values too, which keeps GPU queues short (each wait costs >= 10 ms in Deno).
+      if ((i + 1) % SYNC_EVERY === 0 || i + 1 === steps) values = await x.data();
+      else await new Promise((resolve) => setTimeout(resolve, 0));
     }
     // The last step's read-back is checked once: NaN/Inf latents decode to a black or flat
     // image, which must never pass for a result.

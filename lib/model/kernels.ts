@@ -1,5 +1,5 @@
 /**
- * Fused DiT layers with hand-written gradients, for the `wasm` backend.
+ * Fused DiT layers with hand-written gradients, for the `wasm` and `webgpu` backends.
  *
  * Why this file exists: on wasm every tfjs kernel call costs a pass over memory, tensors saved for
  * the backward pass are copied (tfjs clones them), and autodiff of broadcasts ends in slow
@@ -8,7 +8,9 @@
  * that of the plain tf ops in dit.ts (to float32 rounding); dit.ts uses these ops on wasm and on
  * webgpu (where they also mean fewer dispatches; see `fusedLayers()` in dit.ts), plain autodiff
  * elsewhere. On webgpu the row-wise and elementwise ones run as one WGSL kernel each way
- * (kernels_webgpu.ts).
+ * (kernels_webgpu.ts), the adaLN modulation is read in place from the adaLN output (no split),
+ * w1 and w2 of the SwiGLU run as one packed product, and weight gradients sum fixed slices (no
+ * atomics).
  *
  * @module
  */
@@ -397,8 +399,21 @@ function layerNormModulateGpuOp(eps: number, at: number, affine: boolean) {
 }
 const gpuModulatedNorms = new Map<string, (...x: tf.Tensor[]) => tf.Tensor>();
 
-/** Column block `at` (`d` wide) of a per-sample `[N, k*d]` tensor. */
-function columnBlock(mod: tf.Tensor, at: number, d: number): tf.Tensor2D {
+/**
+ * Column block `at` (`d` wide) of a per-sample `[N, k*d]` tensor (an adaLN output's shift, scale
+ * or gate), `[N, d]`.
+ *
+ * @example
+ * ```ts
+ * import * as tf from "@tensorflow/tfjs-core";
+ * import { loadBackend } from "../runtime/backend.ts";
+ * await loadBackend("cpu");
+ * import { columnBlock } from "./kernels.ts";
+ * const g = columnBlock(tf.tensor2d([[1, 2, 3, 4, 5, 6]]), 2, 2); // [[5, 6]]
+ * if (g.dataSync().join() !== "5,6") throw new Error("the third block of two columns");
+ * ```
+ */
+export function columnBlock(mod: tf.Tensor, at: number, d: number): tf.Tensor2D {
   return tf.slice(mod, [0, at * d], [mod.shape[0], d]) as tf.Tensor2D;
 }
 
@@ -728,28 +743,11 @@ export function swigluHidden(
  * ```
  */
 export function swigluGate(a: tf.Tensor, b: tf.Tensor): tf.Tensor {
-  return onWebGpu() ? swigluGateGpuOp(a, b) : swigluGateOp(a, b);
+  return swigluGateOp(a, b);
 }
 
 /** WGSL: the sigmoid of A[i], as tfjs-webgpu computes it. */
 const SIG = "let sg = 1.0 / (1.0 + exp(-1.0 * A[i]));";
-
-const swigluGateGpuOp = fused((a: tf.Tensor, b: tf.Tensor, save: tf.GradSaveFunc) => {
-  save([a, b]);
-  return {
-    value: elementwiseWgsl("swiglu", { A: a, B: b }, "(A[i] * sg) * B[i]", { prelude: SIG }),
-    gradFunc: (dy: tf.Tensor, [sa, sb]: tf.Tensor[]) => [
-      // d silu(a) / da = sig * (1 + a * (1 - sig)).
-      elementwiseWgsl(
-        "swiglu_da",
-        { A: sa, B: sb, DY: dy },
-        "(DY[i] * B[i]) * (sg * (A[i] * (1.0 - sg) + 1.0))",
-        { prelude: SIG },
-      ),
-      elementwiseWgsl("swiglu_db", { A: sa, DY: dy }, "DY[i] * (A[i] * sg)", { prelude: SIG }),
-    ],
-  };
-});
 
 const siluGpuOp = fused((x: tf.Tensor, save: tf.GradSaveFunc) => {
   save([x]);
