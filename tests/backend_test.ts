@@ -188,7 +188,30 @@ Deno.test({
     assert.ok((await matmulError()) < 1e-5);
     assert.equal((await loadBackend("webgpu")).adapter, info.adapter);
     assert.ok((await matmulError()) < 1e-5);
+    // The WebGPU entry point is fixed once webgpu runs: the same one is fine, another is refused.
+    assert.equal((await loadBackend("webgpu", { gpu: navigator.gpu })).adapter, info.adapter);
+    await assert.rejects(
+      () => loadBackend("webgpu", { gpu: {} as GPU }),
+      /webgpu already started in this process on another WebGPU entry point/,
+    );
   },
+});
+
+Deno.test("webgpu on a given WebGPU entry point without an adapter: an error that says so", async () => {
+  // In a fresh process: one webgpu backend per process.
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: [
+      "eval",
+      `import { loadBackend } from "${new URL("../lib/runtime/backend.ts", import.meta.url)}";` +
+      `await loadBackend("webgpu", { gpu: { requestAdapter: () => Promise.resolve(null) } });`,
+    ],
+    stderr: "piped",
+  }).output();
+  assert.ok(!out.success);
+  assert.match(
+    new TextDecoder().decode(out.stderr),
+    /the given GPU entry point returned no adapter/,
+  );
 });
 
 Deno.test("$ANTHOS_WASM_THREADS sets the wasm thread count; a bad value is named", async () => {

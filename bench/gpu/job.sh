@@ -87,6 +87,18 @@ else
   run 2b_ops 120 "${D[@]}" bench/gpu/ops.ts # where a step's time goes (phases, products)
   run 3_torch 110 env PYTHONUNBUFFERED=1 python3 "$KIT/torch_anchor.py"
 fi
+# One measured try of Dawn in place of Deno's WebGPU (readback floor, training steps), once per
+# machine, in the call that carries .gpu-dawn (pack.sh). A failure here does not stop the job.
+if [ -f "$ROOT/.gpu-dawn/dawn.node.xz" ] && [ ! -f "$STAGED/dawn.done" ]; then
+  echo "Dawn: $(cat "$ROOT/.gpu-dawn/version" 2>/dev/null)"
+  xz -dc "$ROOT/.gpu-dawn/dawn.node.xz" > "$J/dawn.node"
+  if [ "$SMOKE" = 1 ]; then
+    run 2c_dawn 240 "${D[@]}" bench/gpu/dawn.ts dawn 2 1 "$J/dawn.node"
+  else
+    run 2c_dawn 90 "${D[@]}" bench/gpu/dawn.ts dawn 256 5 "$J/dawn.node"
+  fi
+  touch "$STAGED/dawn.done"
+fi
 # Train with the fastest ANTHOS_WGSL setting of stage 2b (kept for later calls on this machine).
 if [ "${SKIP_BENCH:-0}" != 1 ] && [ -f "$OUT/2b_ops.txt" ]; then
   grep -o 'ANTHOS_WGSL=[a-z0-9-]*' "$OUT/2b_ops.txt" | tail -1 > "$STAGED/wgsl.env" || true

@@ -9,6 +9,8 @@
 #                   run/ = the run folder's resumable state (checkpoint, run.json, logs)
 #   .gpu-data-N/    the run's latent caches, tarred and cut into parts of <= 60 MiB: one device
 #                   call each stages them (`bash bench/gpu/job.sh stage .gpu-data-N`)
+#   .gpu-dawn/      Dawn's WebGPU addon (npm `webgpu`, linux-x64 only) for stage 2c: carried with
+#                   the last data call when it fits
 # Each folder fits one device call (<= 64 MiB). See bench/gpu/README.md for the device calls.
 set -euo pipefail
 RUN=${1:-training/anthos}
@@ -54,6 +56,17 @@ DENO_DIR="$DD" deno cache --quiet --node-modules-dir=none \
     find registry.npmjs.org/core-js registry.npmjs.org/@types -maxdepth 3 -name package.json
   } | sort -u | tar -cf - -T - | xz -T2 -6 ) > "$KIT/npm.tar.xz"
 cp deno.lock "$KIT/deno.lock" 2>/dev/null || true
+
+# Dawn's node-API addon (npm `webgpu`, linux-x64 only: the package holds every platform's, 51 MB)
+# for the job's stage 2c, apart from the kit (it does not fit beside it); ~5 MB compressed.
+rm -rf .gpu-dawn && mkdir -p .gpu-dawn
+DAWN=$(sed -n 's/^export const DAWN_PACKAGE = "\(.*\)";$/\1/p' bench/gpu/dawn.ts)
+DD2=$(mktemp -d)
+DENO_DIR="$DD2" deno cache --quiet --no-lock --node-modules-dir=none "$DAWN" 2>/dev/null
+nice xz -T2 -6 -c "$(find "$DD2/npm" -path '*/dist/linux-x64/dawn.node' | head -1)" \
+  > .gpu-dawn/dawn.node.xz
+echo "${DAWN#npm:}" > .gpu-dawn/version
+rm -rf "$DD2"
 
 # Vulkan loader and EGL for the NVIDIA ICD (the GPU machine has the driver, not the loader).
 mkdir -p "$KIT/debs"
@@ -160,7 +173,11 @@ else
     [ "$k" = 1 ] && [ "$first" = 1 ] && continue
     c=$((c + 1))
     if [ "$k" = "$np" ]; then
-      echo "  $c. run(command=\"bash bench/gpu/job.sh stage $d; SKIP_BENCH=1 JOB_SECONDS=<budget_left_s - 60, at most 575> bash bench/gpu/job.sh\", carry=[\"$d\"], timeout_s=600)"
+      # Dawn's try (stage 2c, ~1 minute before training) rides along when there is room.
+      dawn=""
+      [ $(( $(du -sb "$d" | cut -f1) + $(du -sb .gpu-dawn | cut -f1) + TREE )) -le "$LIMIT" ] &&
+        dawn=", \".gpu-dawn\""
+      echo "  $c. run(command=\"bash bench/gpu/job.sh stage $d; SKIP_BENCH=1 JOB_SECONDS=<budget_left_s - 60, at most 575> bash bench/gpu/job.sh\", carry=[\"$d\"$dawn], timeout_s=600)"
     else
       echo "  $c. run(command=\"bash bench/gpu/job.sh stage $d\", carry=[\"$d\"], timeout_s=120)"
     fi

@@ -60,6 +60,12 @@ export interface LoadBackendOptions {
    * (both `npm:` at the tfjs version in use).
    */
   tensorflowModules?: readonly string[];
+  /**
+   * webgpu only: the WebGPU entry point to ask for the adapter; default `navigator.gpu` (Deno's own
+   * WebGPU). E.g. Dawn's from the npm `webgpu` package (see bench/gpu/dawn.ts). Fixed for the
+   * process once webgpu has started.
+   */
+  gpu?: GPU;
 }
 
 /** The env var that names the default backend. */
@@ -93,6 +99,12 @@ export async function loadBackend(
   const chosen = checkName(name ?? defaultBackendName());
   const known = loaded.get(chosen);
   if (known && tf.findBackend(chosen) != null) {
+    if (chosen === "webgpu" && options.gpu != null && options.gpu !== webgpuEntry) {
+      throw new Error(
+        "webgpu already started in this process on another WebGPU entry point; the entry point is " +
+          'fixed at the first loadBackend("webgpu"): pass gpu there (or drop the option).',
+      );
+    }
     if (chosen === "wasm" && options.threads != null && wasmThreads(options) !== known.threads) {
       throw new Error(
         `wasm already started with ${known.threads} thread(s) in this process; its thread count ` +
@@ -115,7 +127,7 @@ export async function loadBackend(
       info = { name: "cpu" };
       break;
     case "webgpu":
-      info = await startWebGpu();
+      info = await startWebGpu(options.gpu);
       break;
     case "tensorflow":
       info = await startTensorflow(options.tensorflowModules ?? defaultTensorflowModules());
@@ -407,6 +419,8 @@ async function patchForPthreads(threads: number): Promise<() => void> {
 // -------------------------------------------------------------------------------------- webgpu
 
 let adapterPromise: Promise<GPUAdapter | null> | null = null;
+/** The WebGPU entry point the webgpu backend started on (`navigator.gpu` unless one was given). */
+let webgpuEntry: GPU | undefined;
 
 function gpuAdapter(): Promise<GPUAdapter | null> {
   if (typeof navigator === "undefined" || !("gpu" in navigator) || navigator.gpu == null) {
@@ -426,10 +440,14 @@ function gpuAdapter(): Promise<GPUAdapter | null> {
  * a device with a flat feature list and the same limits tfjs wants, and register a factory that
  * wraps that device in `WebGPUBackend` (no patching of node_modules).
  */
-async function startWebGpu(): Promise<BackendInfo> {
-  const adapter = await gpuAdapter();
+async function startWebGpu(gpu?: GPU): Promise<BackendInfo> {
+  const adapter = gpu
+    ? await gpu.requestAdapter({ powerPreference: "high-performance" })
+    : await gpuAdapter();
   if (adapter == null) {
-    const why = typeof navigator !== "undefined" && "gpu" in navigator
+    const why = gpu
+      ? "the given GPU entry point returned no adapter"
+      : typeof navigator !== "undefined" && "gpu" in navigator
       ? "navigator.gpu.requestAdapter() returned no adapter"
       : "navigator.gpu is missing (Deno < 2 needs --unstable-webgpu)";
     throw new Error(
@@ -458,6 +476,7 @@ async function startWebGpu(): Promise<BackendInfo> {
     // deno-lint-ignore no-explicit-any
     const make = () => new WebGPUBackend(device as any, adapter.info as any);
     tf.registerBackend("webgpu", make, 3);
+    webgpuEntry = gpu ?? navigator.gpu;
   }
   await activate("webgpu");
   const info = adapter.info;

@@ -1,0 +1,127 @@
+/**
+ * One measured try of another WebGPU implementation: Dawn (Chromium's, from the npm `webgpu`
+ * package, a node-API addon) in place of Deno's own (wgpu), for the GPU job (stage 2c) and here on
+ * a CPU Vulkan. Prints the adapter, the readback floor (a 256-byte copy then `mapAsync`, 20 times:
+ * Deno's polls with a 10 ms sleep), golden parity (forward, loss, every gradient) when the shared
+ * golden vectors are at hand, and DiT-Nano/2 training steps on tfjs-webgpu over that
+ * implementation's device, with the GPU calls per step. Run it once per implementation (one
+ * webgpu backend per process) and compare the two.
+ *
+ * Usage: deno run -A --no-lock bench/gpu/dawn.ts [dawn|deno] [batch=256] [steps=5] [dawn.node]
+ *
+ * Dawn comes from its node-API addon when a path to `dawn.node` is given (the GPU job: pack.sh
+ * ships the linux-x64 one, ~5 MB compressed, with no npm resolution on the offline machine), else
+ * from the npm package, imported by a computed specifier so that type checks and test runs never
+ * fetch it (51 MB: every platform's binary); `--no-lock` keeps it out of deno.lock.
+ *
+ * @module
+ */
+
+import * as tf from "@tensorflow/tfjs-core";
+import { createRequire } from "node:module";
+import { loadBackend } from "../../lib/runtime/backend.ts";
+import { env } from "../../lib/runtime/env.ts";
+import { DiT, toTorchLayout } from "../../lib/model/dit.ts";
+import { readSafetensors } from "../../lib/io/safetensors.ts";
+import { benchTraining } from "../dit.ts";
+import { formatCounts } from "../webgpu_counters.ts";
+
+/** The npm package and version of Dawn's bindings this try uses. */
+export const DAWN_PACKAGE = "npm:webgpu@0.6.2";
+
+const impl = Deno.args[0] ?? "dawn";
+const batch = Number(Deno.args[1] ?? 256);
+const steps = Number(Deno.args[2] ?? 5);
+if (impl !== "dawn" && impl !== "deno") throw new Error(`impl "${impl}": use dawn or deno`);
+
+let gpu: GPU = navigator.gpu;
+if (impl === "dawn") {
+  type Dawn = { create(flags: string[]): GPU; globals: Record<string, unknown> };
+  const addon = Deno.args[3];
+  const dawn: Dawn = addon ? createRequire(import.meta.url)(addon) : await import(DAWN_PACKAGE);
+  // Dawn's classes as the globals: the GPU-call counters wrap their prototypes.
+  Object.assign(globalThis, dawn.globals);
+  gpu = dawn.create([]);
+}
+const adapter = await gpu.requestAdapter({ powerPreference: "high-performance" });
+if (!adapter) {
+  console.log(`RESULT ${impl} adapter none (see the log above: Dawn refuses Mesa 22 lavapipe)`);
+  Deno.exit(1);
+}
+console.log(`RESULT ${impl} adapter ${adapter.info.description || adapter.info.device}`);
+
+// The readback floor: what one wait for the GPU costs when there is nothing to wait for.
+{
+  const device = await adapter.requestDevice();
+  const src = device.createBuffer({ size: 256, usage: GPUBufferUsage.COPY_SRC });
+  const dst = device.createBuffer({
+    size: 256,
+    usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+  });
+  const ms: number[] = [];
+  for (let k = 0; k < 20; k++) {
+    const enc = device.createCommandEncoder();
+    enc.copyBufferToBuffer(src, 0, dst, 0, 256);
+    device.queue.submit([enc.finish()]);
+    const t0 = performance.now();
+    await dst.mapAsync(GPUMapMode.READ);
+    ms.push(performance.now() - t0);
+    dst.unmap();
+  }
+  ms.sort((a, b) => a - b);
+  console.log(
+    `RESULT ${impl} readback floor: median ${ms[10].toFixed(3)} ms, min ${ms[0].toFixed(3)}, ` +
+      `max ${ms[19].toFixed(3)} (256 B, 20 waits)`,
+  );
+  device.destroy();
+}
+
+const info = await loadBackend("webgpu", { gpu });
+
+// Golden parity (forward, loss, every gradient) when the shared vectors are here (not on the job).
+const golden = `${env.shared ?? "../shared"}/spec/golden`;
+if (await Deno.stat(`${golden}/case.safetensors`).then(() => true, () => false)) {
+  const c = (await readSafetensors(`${golden}/case.safetensors`)).tensors;
+  const t4 = (k: string) =>
+    tf.tensor4d(
+      c.get(k)!.data as Float32Array,
+      c.get(k)!.shape as [number, number, number, number],
+    );
+  const relErr = (a: ArrayLike<number>, b: ArrayLike<number>) => {
+    let [num, den] = [0, 1e-30];
+    for (let i = 0; i < a.length; i++) {
+      num = Math.max(num, Math.abs(a[i] - b[i]));
+      den = Math.max(den, Math.abs(b[i]));
+    }
+    return num / den;
+  };
+  const m = await DiT.load(`${golden}/weights.safetensors`);
+  const [x, vt] = [t4("x_t"), t4("v_target")];
+  const t = tf.tensor1d(c.get("t")!.data as Float32Array);
+  const y = tf.tensor1d(c.get("y")!.data as Int32Array, "int32");
+  const fwd = relErr(await m.forward(x, t, y).data(), c.get("v_pred")!.data);
+  const { value, grads } = tf.variableGrads(
+    () => tf.mean(tf.square(tf.sub(m.forward(x, t, y), vt))) as tf.Scalar,
+    m.trainableVariables(),
+  );
+  let worst = 0;
+  for (const np of m.namedParams().filter((p) => p.key !== "pos_embed")) {
+    const g = await grads[np.variable.name].data() as Float32Array;
+    const torch = toTorchLayout(g, np.variable.shape, np.torchShape, np.layout);
+    worst = Math.max(worst, relErr(torch, c.get(`grad.${np.key}`)!.data));
+  }
+  const loss = relErr(await value.data(), c.get("loss")!.data);
+  console.log(
+    `RESULT ${impl} golden parity: forward ${fwd.toExponential(2)}, loss ` +
+      `${loss.toExponential(2)}, worst gradient ${worst.toExponential(2)} (tests allow 1e-4)`,
+  );
+  m.dispose();
+}
+
+// Training steps on tfjs-webgpu over this implementation.
+const row = await benchTraining(batch, { steps });
+console.log(
+  `RESULT ${impl} train batch ${batch}: ${row.stepsPerSec.toFixed(3)} steps/s ` +
+    `(${row.samplesPerSec.toFixed(1)} samples/s) on ${info.adapter}` +
+    (row.counts ? `; per step ${formatCounts(row.counts)}` : ""),
+);
