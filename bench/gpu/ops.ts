@@ -4,8 +4,10 @@
  * but the WGSL attention, and with tf ops only (`ANTHOS_WGSL`), each with its wall time, the
  * time JavaScript took to enqueue it, and the process's CPU time (all threads: tfjs and wgpu); then
  * the products of the model's shapes at batch 256 (forward, dX, the weight gradient plainly and
- * split as lib/model/kernels.ts does it), a softmax and an elementwise op. The adapter has no
- * timestamp queries, so GPU time is wall time after the queue drains.
+ * split as lib/model/kernels.ts does it), a softmax and an elementwise op; then each WGSL kernel
+ * of a block at this batch (attention forward and backward, q/k norm, LayerNorm + modulation and
+ * its gradients, gated residual, SwiGLU gate, loss). The adapter has no timestamp queries, so GPU
+ * time is wall time after the queue drains.
  *
  * Usage: deno run -A bench/gpu/ops.ts [batch=256]     (SMOKE=1: batch 2, tiny shapes)
  *
@@ -18,6 +20,7 @@ import { loadBackend } from "../../lib/runtime/backend.ts";
 import { DiT } from "../../lib/model/dit.ts";
 import { flowBatch, flowLoss } from "../../lib/model/flow.ts";
 import { SPLIT_K_ROWS, splitKWeightGrad } from "../../lib/model/kernels.ts";
+import * as wgsl from "../../lib/model/kernels_webgpu.ts";
 import { Trainer } from "../../lib/training/trainer.ts";
 import { Rng } from "../../lib/runtime/rng.ts";
 
@@ -146,4 +149,43 @@ reps = smoke ? 2 : 10;
   });
   fmt("100 chained add[1024] (per op)", [s[0] / 100, s[1] / 100, s[2] / 100]);
   tf.dispose([x96, x192, w, w192, logits, small]);
+}
+
+// 3) The WGSL kernels of one block at this batch (lib/model/kernels_webgpu.ts): which one to
+//    make faster next. GB/s counts the bytes each must read and write at least once.
+{
+  const n = batch;
+  const r = new Rng(2);
+  const t = (s: number[]) => tf.tensor(r.normalArray(s.reduce((a, c) => a * c, 1)), s);
+  const x = t([n, 256, 96]);
+  const mod = t([n, 6 * 96]);
+  const qkv = t([n * 256, 288]);
+  const o = t([n * 256, 96]);
+  const ab = t([n * 256, 384]);
+  const g = t([n * 256, 192]);
+  const dims = { tokens: 256, heads: 4 };
+  const gbs = (bytes: number, ms: number) => `, ${(bytes / ms / 1e6).toFixed(0)} GB/s`;
+  const act = n * 256 * 96 * 4; // bytes of one [N, T, D] activation
+  let s = await timeIt(() => wgsl.qkNormWgsl(qkv, 4, 1e-6));
+  fmt(`wgsl q/k norm [${n * 256},288]`, s, gbs(6 * act, s[0]));
+  s = await timeIt(() => wgsl.attentionWgsl(qkv, dims));
+  fmt(`wgsl attention forward [${n * 256},288]`, s, gbs(4 * act, s[0]));
+  s = await timeIt(() => wgsl.attentionGradWgsl(qkv, o, o, dims));
+  fmt(`wgsl attention backward (stats + grad)`, s, gbs(8 * act, s[0]));
+  s = await timeIt(() => wgsl.layerNormWgsl(x, 1e-6, { mod, at: 0 }));
+  fmt(`wgsl layerNorm + modulation [${n},256,96]`, s, gbs(2 * act, s[0]));
+  s = await timeIt(() => wgsl.layerNormGradWgsl(x, x, 1e-6, { mod, at: 0 }));
+  fmt(`wgsl layerNorm + modulation, dx`, s, gbs(3 * act, s[0]));
+  const blocks: wgsl.TokenTerm[] = ["dy", "dy*a", "zero", "zero", "zero", "zero"];
+  s = await timeIt(() => wgsl.tokenTermsWgsl(x, blocks, { x, mod: { mod, at: 0 }, eps: 1e-6 }));
+  fmt(`wgsl d(modulation), per-sample token sums`, s, gbs(2 * act, s[0]));
+  s = await timeIt(() => wgsl.gateWgsl(x, { mod, at: 2 }, x));
+  fmt(`wgsl gated residual [${n},256,96]`, s, gbs(3 * act, s[0]));
+  s = await timeIt(() => wgsl.swigluPackedWgsl(ab));
+  fmt(`wgsl SwiGLU gate on packed [${n * 256},384]`, s, gbs(6 * act, s[0]));
+  s = await timeIt(() => wgsl.swigluPackedWgsl(ab, g));
+  fmt(`wgsl SwiGLU gate backward`, s, gbs(10 * act, s[0]));
+  s = await timeIt(() => wgsl.meanSquaredErrorWgsl(x, x));
+  fmt(`wgsl loss (one-workgroup reduction) over [${n},256,96]`, s, gbs(2 * act, s[0]));
+  tf.dispose([x, mod, qkv, o, ab, g]);
 }

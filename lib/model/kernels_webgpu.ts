@@ -621,19 +621,36 @@ const ATTN_INDEX = `
       let row = head0 + tok * uniforms.rs;
       let orow = (n * uniforms.t + tok) * uniforms.d + hh * uniforms.hd;`;
 
-/** WGSL: `s`, the scaled score of the q at `qr` and the k of the token at `kr` (q * scale first, as tf). */
-const SCORE = (qr: string, kr: string) => `
-        var s = 0.0;
-        for (var c = 0; c < uniforms.hd; c++) {
-          s += (QKV[${qr} + c] * uniforms.scale) * QKV[${kr} + uniforms.d + c];
-        }`;
+/**
+ * WGSL: `qs`, this thread's q times the scale (as tf scales q first), kept in registers for its
+ * pass over the keys. `hd` is a literal in every loop over a head's channels: the loops unroll and
+ * the per-thread arrays stay in registers.
+ */
+const OWN_Q = (hd: number) => `
+      var qs : array<f32, ${hd}>;
+      for (var c = 0; c < ${hd}; c++) { qs[c] = QKV[row + c] * uniforms.scale; }`;
 
-/** WGSL: `mx`, the largest score of this thread's query row (the softmax's first pass). */
-const ROW_MAX = `
-      var mx = -3.402823e38;
-      for (var j = 0; j < uniforms.t; j++) {${SCORE("row", "head0 + j * uniforms.rs")}
-        mx = max(mx, s);
-      }`;
+/** WGSL: `s`, the score of this thread's q (`qs`) and the k of the token at row `kr`. */
+const SCORE_OWN_Q = (hd: number, kr: string) => `
+        var s = 0.0;
+        for (var c = 0; c < ${hd}; c++) { s += qs[c] * QKV[${kr} + uniforms.d + c]; }`;
+
+/**
+ * WGSL: the running maximum `mx` of a query row's scores in one pass (online softmax): when the
+ * score `s` is a new maximum, the sum `sum` so far (and the first `hd` values of `acc`) are scaled
+ * by `exp(old - new)`, so `sum` is `sum_j exp(s_j - mx)` for the final `mx`.
+ */
+const ONLINE_MAX = (hd: number) => `
+        if (s > mx) {
+          let r = exp(mx - s);
+          sum *= r;${
+  hd > 0
+    ? `
+          for (var c = 0; c < ${hd}; c++) { acc[c] *= r; }`
+    : ""
+}
+          mx = s;
+        }`;
 
 /** The uniforms of the attention kernels for `qkv [N*T, 3D]`. */
 function attentionUniforms(qkv: tf.Tensor, dims: { tokens: number; heads: number }) {
@@ -704,22 +721,23 @@ export function attentionWgsl(
   dims: { tokens: number; heads: number },
 ): tf.Tensor {
   const { threads, ints, floats } = attentionUniforms(qkv, dims);
+  const hd = ints.hd;
   return runKernel({
-    key: `attention_hd${ints.hd}`, // the accumulators are hd long: one pipeline per head size
+    key: `attention_hd${hd}`, // hd is a literal in the WGSL: one pipeline per head size
     inputs: { QKV: qkv },
     outShape: [qkv.size / ints.rs, ints.d],
     threads,
-    body: `${ATTN_INDEX}
-${ROW_MAX}
+    body: `${ATTN_INDEX}${OWN_Q(hd)}
+      var mx = -3.402823e38;
       var sum = 0.0;
-      var acc : array<f32, ${ints.hd}>;
+      var acc : array<f32, ${hd}>;
       for (var j = 0; j < uniforms.t; j++) {
-        let kr = head0 + j * uniforms.rs;${SCORE("row", "kr")}
+        let kr = head0 + j * uniforms.rs;${SCORE_OWN_Q(hd, "kr")}${ONLINE_MAX(hd)}
         let e = exp(s - mx);
         sum += e;
-        for (var c = 0; c < uniforms.hd; c++) { acc[c] += e * QKV[kr + 2 * uniforms.d + c]; }
+        for (var c = 0; c < ${hd}; c++) { acc[c] += e * QKV[kr + 2 * uniforms.d + c]; }
       }
-      for (var c = 0; c < uniforms.hd; c++) { result[orow + c] = acc[c] / sum; }`,
+      for (var c = 0; c < ${hd}; c++) { result[orow + c] = acc[c] / sum; }`,
     ints,
     floats,
   });
@@ -752,57 +770,73 @@ export function attentionGradWgsl(
   dims: { tokens: number; heads: number },
 ): tf.Tensor {
   const { threads, ints, floats } = attentionUniforms(qkv, dims);
+  const hd = ints.hd;
   const stats = runKernel({
-    key: "attention_stats",
+    key: `attention_stats_hd${hd}`,
     inputs: { QKV: qkv, O: o, DO: dO },
     outShape: [threads, 3],
     threads,
-    body: `${ATTN_INDEX}
-${ROW_MAX}
+    body: `${ATTN_INDEX}${OWN_Q(hd)}
+      var mx = -3.402823e38;
       var sum = 0.0;
-      for (var j = 0; j < uniforms.t; j++) {${SCORE("row", "head0 + j * uniforms.rs")}
+      for (var j = 0; j < uniforms.t; j++) {${SCORE_OWN_Q(hd, "head0 + j * uniforms.rs")}${
+      ONLINE_MAX(0)
+    }
         sum += exp(s - mx);
       }
       var delta = 0.0;
-      for (var c = 0; c < uniforms.hd; c++) { delta += DO[orow + c] * O[orow + c]; }
+      for (var c = 0; c < ${hd}; c++) { delta += DO[orow + c] * O[orow + c]; }
       result[i * 3] = mx;
       result[i * 3 + 1] = sum;
       result[i * 3 + 2] = delta;`,
     ints,
     floats,
   });
-  // P and dS of query (q row `qr`, dO row `qo`, statistics `si`) and key (token row `kr`).
-  const pds = (qr: string, qo: string, si: string, kr: string) =>
-    `${SCORE(qr, kr)}
+  // P and dS from the score `s`, the statistics of query row `si` and `dp = dO . v`.
+  const pds = (si: string) => `
         let si = ${si};
         let p = exp(s - St[si * 3]) / St[si * 3 + 1];
-        var dp = 0.0;
-        for (var c = 0; c < uniforms.hd; c++) { dp += DO[${qo} + c] * QKV[${kr} + 2 * uniforms.d + c]; }
         let ds = p * (dp - St[si * 3 + 2]);`;
   const grad = runKernel({
-    key: `attention_grad_hd${ints.hd}`,
+    key: `attention_grad_hd${hd}`,
     inputs: { QKV: qkv, DO: dO, St: stats },
     outShape: qkv.shape,
     threads,
-    body: `${ATTN_INDEX}
-      var dq : array<f32, ${ints.hd}>;
-      var dk : array<f32, ${ints.hd}>;
-      var dv : array<f32, ${ints.hd}>;
-      for (var j = 0; j < uniforms.t; j++) { // this token as the query, token j as the key
-        let kr = head0 + j * uniforms.rs;${pds("row", "orow", "i", "kr")}
-        for (var c = 0; c < uniforms.hd; c++) { dq[c] += ds * QKV[kr + uniforms.d + c]; }
+    body: `${ATTN_INDEX}${OWN_Q(hd)}
+      // This token as the query, token j as the key: dq.
+      var dOo : array<f32, ${hd}>;
+      for (var c = 0; c < ${hd}; c++) { dOo[c] = DO[orow + c]; }
+      var dq : array<f32, ${hd}>;
+      for (var j = 0; j < uniforms.t; j++) {
+        let kr = head0 + j * uniforms.rs;${SCORE_OWN_Q(hd, "kr")}
+        var dp = 0.0;
+        for (var c = 0; c < ${hd}; c++) { dp += dOo[c] * QKV[kr + 2 * uniforms.d + c]; }${pds("i")}
+        for (var c = 0; c < ${hd}; c++) { dq[c] += ds * QKV[kr + uniforms.d + c]; }
       }
+      for (var c = 0; c < ${hd}; c++) { result[row + c] = dq[c] * uniforms.scale; }
+      // Token j as the query, this token as the key: dk, dv.
+      var kk : array<f32, ${hd}>;
+      var vv : array<f32, ${hd}>;
+      for (var c = 0; c < ${hd}; c++) {
+        kk[c] = QKV[row + uniforms.d + c];
+        vv[c] = QKV[row + 2 * uniforms.d + c];
+      }
+      var dk : array<f32, ${hd}>;
+      var dv : array<f32, ${hd}>;
       let oj0 = n * uniforms.t * uniforms.d + hh * uniforms.hd;
-      for (var j = 0; j < uniforms.t; j++) { // token j as the query, this token as the key
+      for (var j = 0; j < uniforms.t; j++) {
         let qr = head0 + j * uniforms.rs;
-        let qo = oj0 + j * uniforms.d;${pds("qr", "qo", "nh * uniforms.t + j", "row")}
-        for (var c = 0; c < uniforms.hd; c++) {
+        let qo = oj0 + j * uniforms.d;
+        var s = 0.0;
+        for (var c = 0; c < ${hd}; c++) { s += (QKV[qr + c] * uniforms.scale) * kk[c]; }
+        var dp = 0.0;
+        for (var c = 0; c < ${hd}; c++) { dp += DO[qo + c] * vv[c]; }${pds("nh * uniforms.t + j")}
+        for (var c = 0; c < ${hd}; c++) {
           dk[c] += ds * (QKV[qr + c] * uniforms.scale);
           dv[c] += p * DO[qo + c];
         }
       }
-      for (var c = 0; c < uniforms.hd; c++) {
-        result[row + c] = dq[c] * uniforms.scale;
+      for (var c = 0; c < ${hd}; c++) {
         result[row + uniforms.d + c] = dk[c];
         result[row + 2 * uniforms.d + c] = dv[c];
       }`,
