@@ -114,3 +114,27 @@ Deno.test("webgpu device optimizer: resume is bit for bit; a NaN stops with weig
   tf.dispose([data.latents, bad.latents]);
   await Deno.remove(dir, { recursive: true });
 });
+
+Deno.test("webgpu: a DiT-Nano/2 training step at batch 8 takes at most 400 GPU dispatches", async () => {
+  // Issue 9's budget (from 3,224 at the start); batch 8 is where the weight gradients split
+  // into slices, and the count does not grow with the batch from there.
+  if (!(await useBackend("webgpu"))) return;
+  const n = 8;
+  const data: LatentDataset = {
+    latents: tf.randomNormal([n, 32, 32, 4], 0, 1, "float32", 1) as tf.Tensor4D,
+    labels: Int32Array.from({ length: n }, (_, i) => i),
+    metadata: {},
+  };
+  const trainer = new Trainer({ batchSize: n, warmupSteps: 0 });
+  trainer.readEvery = 10;
+  await trainer.fit(data, { untilStep: 1 }); // compiles every pipeline
+  await trainer.sync();
+  const counter = countWebGpu();
+  await trainer.fit(data, { untilStep: 3 });
+  const c = counter.stop();
+  await trainer.sync();
+  assert(c.dispatches / 2 <= 400, `${c.dispatches / 2} dispatches per step (budget 400)`);
+  assertEquals(c.readbacks, 0, "no readback inside two steps (readEvery 10)");
+  trainer.dispose();
+  data.latents.dispose();
+});
