@@ -1,13 +1,18 @@
 /**
  * WGSL kernels for the webgpu backend: the row-wise and elementwise layers of DiT-Nano/2 (LayerNorm
- * with or without modulation, the SwiGLU gate, the gated residual) and the token sums their
- * gradients need, each one GPU dispatch where tf ops take 3 to 15. kernels.ts wires them into its
- * closed-form-gradient layers when the backend is webgpu; the maths is that of kernels.ts's tf-op
- * versions (sums run in order in f32, so results agree to float rounding, not bit for bit).
+ * with the adaLN modulation read in place from the adaLN output, the final layer's affine, the
+ * q/k norms and attention on the packed qkv, the SwiGLU gate on the packed `[w1 | w2]` product,
+ * the gated residual, SiLU), the per-sample token sums and column sums their gradients need, the
+ * flow loss, the straight path and the timestep sinusoids: each one GPU dispatch where tf ops take
+ * 3 to 15. kernels.ts wires them into its closed-form-gradient layers when the backend is webgpu;
+ * the maths is that of kernels.ts's tf-op versions (sums run in a fixed order in f32, so results
+ * agree to float rounding, not bit for bit, and repeat bit for bit from call to call).
  *
  * Each kernel is a tfjs-webgpu program run through the backend's own `runWebGPUProgram`, so it
  * shares tfjs's command encoder, buffers and pipeline cache. Shapes travel as uniforms: one
- * compiled pipeline per kernel variant, whatever the batch.
+ * compiled pipeline per kernel variant, whatever the batch. A kernel must read every input it
+ * binds: WebGPU drops unread bindings from the pipeline's layout, and the mismatch fails the whole
+ * command buffer without an exception (tests/kernels_test.ts checks for validation errors).
  *
  * @module
  */
