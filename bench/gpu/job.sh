@@ -134,6 +134,17 @@ else
     export "$(cat "$STAGED/wgsl.env")"
   fi
   echo "training with ANTHOS_WGSL=${ANTHOS_WGSL:-default} (the fastest full step of stage 2b)"
+  # The guard (once per machine): webgpu must agree with wasm on this GPU before it trains.
+  if [ ! -f "$STAGED/check.ok" ]; then
+    if run 3b_check 150 "${D[@]}" bench/gpu/check.ts; then
+      touch "$STAGED/check.ok"
+    else
+      echo "webgpu disagrees with wasm on this GPU (3b_check.txt): not training; the run is as it was"
+      left=0
+    fi
+    left=$((left > 0 ? JOB_SECONDS - $(elapsed) - 40 : 0))
+    [ -n "${TRAIN_SECONDS:-}" ] && [ "$TRAIN_SECONDS" -lt "$left" ] && left=$TRAIN_SECONDS
+  fi
   if [ "$left" -gt 20 ]; then
     minutes=$(awk "BEGIN { printf \"%.2f\", ($left - 15) / 60 }")
     run 4_train $((left + 30)) "${D[@]}" tasks/train.ts "${FLAGS[@]}" --out "$RUN" \
