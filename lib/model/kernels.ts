@@ -32,6 +32,7 @@ import {
   meanSquaredErrorWgsl,
   type ModulationWgsl,
   qkNormWgsl,
+  sigmoidWgsl,
   sinusoidsWgsl,
   straightPathWgsl,
   swigluPackedWgsl,
@@ -92,13 +93,7 @@ function fused(
  */
 function sumRows(x: tf.Tensor2D): tf.Tensor1D {
   const [m, c] = x.shape;
-  if (onWebGpu()) {
-    const s = splitKSlices(m);
-    if (s === 1) return columnSumWgsl(x) as tf.Tensor1D; // [C]
-    return tf.tidy(() =>
-      columnSumWgsl(columnSumWgsl(x, { slices: s }) as tf.Tensor2D) as tf.Tensor1D
-    ); // [S, C] -> [C]
-  }
+  if (onWebGpu()) return sumRowsBlocks(x, 1)[0]; // [C]
   return tf.reshape(gemm(tf.ones([1, m]), x), [c]); // [C]
 }
 
@@ -209,10 +204,53 @@ export function splitKWeightGrad(x: tf.Tensor2D, dy: tf.Tensor2D): tf.Tensor2D {
   const o = dy.shape[1];
   const s = splitKSlices(m);
   if (s === 1) return tf.matMul(x, dy, true, false); // [in, out]
+  return tf.tidy(() => tf.reshape(sumRows(sliceProducts(x, dy)), [i, o])); // [in, out]
+}
+
+/** `x^T @ dy` of each slice of {@link SPLIT_K_ROWS} rows as one batched product: `[S, in * out]`. */
+function sliceProducts(x: tf.Tensor2D, dy: tf.Tensor2D): tf.Tensor2D {
+  const [m, i] = x.shape;
+  const o = dy.shape[1];
+  const s = splitKSlices(m);
+  const r = m / s;
+  const parts = tf.matMul(tf.reshape(x, [s, r, i]), tf.reshape(dy, [s, r, o]), true, false); // [S, in, out]
+  return tf.reshape(parts, [s, i * o]);
+}
+
+/**
+ * `x^T @ dy` for a `dy [M, k*w]` made of `k` column blocks, as `k` weight gradients `[in, w]`:
+ * one product (split as {@link splitKWeightGrad} splits it), then one column sum per block
+ * (webgpu).
+ */
+function weightGradBlocks(x: tf.Tensor2D, dy: tf.Tensor2D, k: number): tf.Tensor2D[] {
+  const i = x.shape[1];
+  const o = dy.shape[1];
+  const w = o / k;
   return tf.tidy(() => {
-    const r = m / s;
-    const parts = tf.matMul(tf.reshape(x, [s, r, i]), tf.reshape(dy, [s, r, o]), true, false); // [S, in, out]
-    return tf.reshape(sumRows(tf.reshape(parts, [s, i * o])), [i, o]); // [in, out]
+    const flat = sliceProducts(x, dy); // [S, in * k*w]
+    return Array.from({ length: k }, (_, b) =>
+      tf.reshape(
+        columnSumWgsl(flat, { blocks: i, width: w, pitch: o, from: b * w }),
+        [i, w],
+      ) as tf.Tensor2D // [in, w]
+    );
+  });
+}
+
+/**
+ * Column sums of `dy [M, k*w]` as `k` bias gradients `[w]`, rows in slices first when long
+ * (webgpu; `k` = 1 is {@link sumRows}).
+ */
+function sumRowsBlocks(dy: tf.Tensor2D, k: number): tf.Tensor1D[] {
+  const [m, o] = dy.shape;
+  const w = o / k;
+  const s = splitKSlices(m);
+  return tf.tidy(() => {
+    const partial = s === 1 ? dy : columnSumWgsl(dy, { slices: s }) as tf.Tensor2D; // [S, k*w]
+    return Array.from(
+      { length: k },
+      (_, b) => columnSumWgsl(partial, { from: b * w, width: w }) as tf.Tensor1D, // [w]
+    );
   });
 }
 
@@ -322,7 +360,7 @@ function onWebGpu(): boolean {
 /**
  * Whether the WGSL attention ({@link attentionQkv}) runs: on webgpu unless `ANTHOS_WGSL` is `0`
  * or `no-attention`. It trades the head transposes and `[T, T]` maps for recomputed scores, so
- * which one is faster depends on the GPU (on lavapipe the tf ops are).
+ * which one is faster depends on the device (the GPU job's stage 2b measures all three settings).
  *
  * @example
  * ```ts
@@ -637,42 +675,6 @@ const swigluGateOp = fused((a: tf.Tensor, b: tf.Tensor, save: tf.GradSaveFunc) =
 });
 
 /**
- * `x^T @ dy` for a `dy [M, k*w]` made of `k` column blocks, as `k` weight gradients `[in, w]`:
- * one product (split as {@link splitKWeightGrad} splits it), then one column sum per block.
- */
-function weightGradBlocks(x: tf.Tensor2D, dy: tf.Tensor2D, k: number): tf.Tensor2D[] {
-  const [m, i] = x.shape;
-  const o = dy.shape[1];
-  const w = o / k;
-  const s = splitKSlices(m);
-  return tf.tidy(() => {
-    const r = m / s;
-    const parts = tf.matMul(tf.reshape(x, [s, r, i]), tf.reshape(dy, [s, r, o]), true, false); // [S, in, k*w]
-    const flat = tf.reshape(parts, [s, i * o]) as tf.Tensor2D;
-    return Array.from({ length: k }, (_, b) =>
-      tf.reshape(
-        columnSumWgsl(flat, { blocks: i, width: w, pitch: o, from: b * w }),
-        [i, w],
-      ) as tf.Tensor2D // [in, w]
-    );
-  });
-}
-
-/** Column sums of `dy [M, k*w]` as `k` bias gradients `[w]` (rows in slices first when long). */
-function sumRowsBlocks(dy: tf.Tensor2D, k: number): tf.Tensor1D[] {
-  const [m, o] = dy.shape;
-  const w = o / k;
-  const s = splitKSlices(m);
-  return tf.tidy(() => {
-    const partial = s === 1 ? dy : columnSumWgsl(dy, { slices: s }) as tf.Tensor2D; // [S, k*w]
-    return Array.from(
-      { length: k },
-      (_, b) => columnSumWgsl(partial, { from: b * w, width: w }) as tf.Tensor1D, // [w]
-    );
-  });
-}
-
-/**
  * webgpu: `silu(x @ w1 + b1) * (x @ w2 + b2)` as one product over the packed `[w1 | w2]` and one
  * gate kernel; backward: one packed gate gradient, one `dx` product, one weight-gradient product
  * for both weights (tf ops: two products each way and an add for dx).
@@ -746,8 +748,8 @@ export function swigluGate(a: tf.Tensor, b: tf.Tensor): tf.Tensor {
   return swigluGateOp(a, b);
 }
 
-/** WGSL: the sigmoid of A[i], as tfjs-webgpu computes it. */
-const SIG = "let sg = 1.0 / (1.0 + exp(-1.0 * A[i]));";
+/** WGSL: `sg`, the sigmoid of A[i]. */
+const SIG = `let sg = ${sigmoidWgsl("A[i]")};`;
 
 const siluGpuOp = fused((x: tf.Tensor, save: tf.GradSaveFunc) => {
   save([x]);

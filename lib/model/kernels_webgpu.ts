@@ -347,7 +347,9 @@ export function tokenTermsWgsl(
   }) as tf.Tensor2D;
 }
 
-/** Elementwise over same-shaped inputs: `expr` in terms of `A[i]`, `B[i]`, ... *
+/**
+ * Elementwise over same-shaped inputs: `expr` in terms of `A[i]`, `B[i]`, ...
+ *
  * @example
  * ```ts
  * import * as tf from "@tensorflow/tfjs-core";
@@ -376,8 +378,19 @@ export function elementwiseWgsl(
   });
 }
 
-/** WGSL: the sigmoid of `a`, as tfjs-webgpu computes it. */
-const sigmoid = (a: string) => `(1.0 / (1.0 + exp(-1.0 * ${a})))`;
+/**
+ * WGSL: the sigmoid of the expression `a`, as tfjs-webgpu computes it (the one place the formula
+ * is written; kernels.ts's SiLU uses it too).
+ *
+ * @example
+ * ```ts
+ * import { sigmoidWgsl } from "./kernels_webgpu.ts";
+ * if (sigmoidWgsl("x") !== "(1.0 / (1.0 + exp(-1.0 * x)))") throw new Error(sigmoidWgsl("x"));
+ * ```
+ */
+export function sigmoidWgsl(a: string): string {
+  return `(1.0 / (1.0 + exp(-1.0 * ${a})))`;
+}
 
 /**
  * The SwiGLU gate `silu(a) * b` on the packed `ab [M, 2H]` (a = w1's half, b = w2's; one product
@@ -408,7 +421,7 @@ export function swigluPackedWgsl(ab: tf.Tensor, dg?: tf.Tensor): tf.Tensor {
       body: `
       let r = i / uniforms.h;
       let j = i % uniforms.h;
-      result[i] = (${a} * ${sigmoid(a)}) * ${b};`,
+      result[i] = (${a} * ${sigmoidWgsl(a)}) * ${b};`,
       ints: { h },
     });
   }
@@ -421,7 +434,7 @@ export function swigluPackedWgsl(ab: tf.Tensor, dg?: tf.Tensor): tf.Tensor {
       let r = i / (2 * uniforms.h);
       let c = i % (2 * uniforms.h);
       let j = c % uniforms.h;
-      let sg = ${sigmoid(a)};
+      let sg = ${sigmoidWgsl(a)};
       let g = DG[r * uniforms.h + j];
       if (c < uniforms.h) {
         result[i] = (g * ${b}) * (sg * (${a} * (1.0 - sg) + 1.0));
