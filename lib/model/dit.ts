@@ -398,14 +398,14 @@ function modulate(x: tf.Tensor, shift: tf.Tensor, scale: tf.Tensor): tf.Tensor {
 function attention(x: tf.Tensor, p: BlockParams["attn"], heads: number): tf.Tensor {
   const [n, t, d] = x.shape;
   const hd = d / heads;
-  // q, k and v as three [D, D] products (the qkv weight's column blocks; on XNNPACK three narrow
-  // products beat one wide one), each split into heads with a 3D transpose (5D ones are slow on
-  // wasm): [N*T, H, hd] -> [H, N*T, hd] = [H*N, T, hd], slices ordered (head, sample).
   if (wgslAttention()) {
     // One qkv product read in place by the WGSL q/k norms and attention (kernels.ts attentionQkv).
     const qkv = linear(x, p.qkv); // [N, T, 3D]
     return linear(attentionQkv(qkv as tf.Tensor3D, heads, 1e-6), p.proj);
   }
+  // q, k and v as three [D, D] products (the qkv weight's column blocks; on XNNPACK three narrow
+  // products beat one wide one), each split into heads with a 3D transpose (5D ones are slow on
+  // wasm): [N*T, H, hd] -> [H, N*T, hd] = [H*N, T, hd], slices ordered (head, sample).
   const x2 = tf.reshape(x, [n * t, d]); // [NT, D]
   const ws = tf.split(p.qkv.weight, 3, 1); // 3 x [D, D]
   const bs = tf.split(p.qkv.bias!, 3); // 3 x [D]

@@ -393,9 +393,9 @@ export interface EvalGridOptions {
   sampler?: SamplerName;
   /** Class names by id (e.g. `ClassNames.names`) for the captions; else "class N". */
   classNames?: readonly string[];
-  /** Tiles per row; default 4 classes per row (8 tiles at perClass 2). */
   /** Scale each image to this many pixels square in the PNG (default: as decoded, 256). */
   tileSize?: number;
+  /** Tiles per row; default 4 classes per row (8 tiles at perClass 2). */
   cols?: number;
   /** Images sampled at once; default 16. Neither the noise nor the pixels depend on it. */
   batchSize?: number;
