@@ -15,11 +15,11 @@
  */
 
 import * as tf from "@tensorflow/tfjs-core";
-import "@tensorflow/tfjs"; // the gradients of the core ops
 import { type BackendName, loadBackend } from "../../lib/runtime/backend.ts";
 import { DiT } from "../../lib/model/dit.ts";
-import { flowBatch, flowLoss } from "../../lib/model/flow.ts";
+import { flowBatch } from "../../lib/model/flow.ts";
 import { Rng } from "../../lib/runtime/rng.ts";
+import { outputs, relErr } from "./parity.ts";
 
 const path = Deno.args[0] ?? "weights/model.safetensors";
 const batch = Number(Deno.args[1] ?? 4);
@@ -27,7 +27,7 @@ const batch = Number(Deno.args[1] ?? 4);
 const TOLERANCE = 1e-4;
 const BROKEN = 1e-2;
 
-/** Loss and every gradient (in parameter order) of one seeded batch on `backend`. */
+/** Forward, loss and every gradient of the weights on one seeded batch on `backend`. */
 async function lossAndGrads(backend: BackendName): Promise<Float32Array[]> {
   await loadBackend(backend);
   const model = await DiT.load(path);
@@ -35,27 +35,11 @@ async function lossAndGrads(backend: BackendName): Promise<Float32Array[]> {
   const data = tf.tensor4d(rng.normalArray(batch * 32 * 32 * 4), [batch, 32, 32, 4]);
   const y = Int32Array.from({ length: batch }, (_, i) => (i * 37) % 102);
   const b = flowBatch(data, { y, rng });
-  const vars = model.trainableVariables();
-  const { value, grads } = tf.variableGrads(() => flowLoss(model, b), vars);
-  const v = model.forward(b.xt, b.t, b.y);
-  const out = [
-    await v.data() as Float32Array,
-    await value.data() as Float32Array,
-    ...await Promise.all(vars.map((x) => grads[x.name].data() as Promise<Float32Array>)),
-  ];
-  tf.dispose([data, b.xt, b.t, b.y, b.v, value, v, ...Object.values(grads)]);
+  const o = await outputs(model, b);
+  tf.dispose([data, b.xt, b.t, b.y, b.v]);
   model.dispose();
-  return out;
+  return [o.v, o.loss, ...o.grads.map((g) => g.data)];
 }
-
-const relErr = (a: Float32Array, b: Float32Array) => {
-  let [num, den] = [0, 1e-30];
-  for (let i = 0; i < a.length; i++) {
-    num = Math.max(num, Math.abs(a[i] - b[i]));
-    den = Math.max(den, Math.abs(b[i]));
-  }
-  return num / den;
-};
 
 const want = await lossAndGrads("wasm");
 const got = await lossAndGrads("webgpu");

@@ -24,6 +24,7 @@ import { env } from "../../lib/runtime/env.ts";
 import { DiT, toTorchLayout } from "../../lib/model/dit.ts";
 import { readSafetensors } from "../../lib/io/safetensors.ts";
 import { benchTraining } from "../dit.ts";
+import { outputs, relErr } from "./parity.ts";
 import { formatCounts } from "../webgpu_counters.ts";
 
 /** The npm package and version of Dawn's bindings this try uses. */
@@ -87,34 +88,29 @@ if (await Deno.stat(`${golden}/case.safetensors`).then(() => true, () => false))
       c.get(k)!.data as Float32Array,
       c.get(k)!.shape as [number, number, number, number],
     );
-  const relErr = (a: ArrayLike<number>, b: ArrayLike<number>) => {
-    let [num, den] = [0, 1e-30];
-    for (let i = 0; i < a.length; i++) {
-      num = Math.max(num, Math.abs(a[i] - b[i]));
-      den = Math.max(den, Math.abs(b[i]));
-    }
-    return num / den;
-  };
   const m = await DiT.load(`${golden}/weights.safetensors`);
-  const [x, vt] = [t4("x_t"), t4("v_target")];
-  const t = tf.tensor1d(c.get("t")!.data as Float32Array);
-  const y = tf.tensor1d(c.get("y")!.data as Int32Array, "int32");
-  const fwd = relErr(await m.forward(x, t, y).data(), c.get("v_pred")!.data);
-  const { value, grads } = tf.variableGrads(
-    () => tf.mean(tf.square(tf.sub(m.forward(x, t, y), vt))) as tf.Scalar,
-    m.trainableVariables(),
+  const batch = {
+    xt: t4("x_t"),
+    t: tf.tensor1d(c.get("t")!.data as Float32Array),
+    y: tf.tensor1d(c.get("y")!.data as Int32Array, "int32"),
+    v: t4("v_target"),
+  };
+  const o = await outputs(m, batch);
+  const fwd = relErr(o.v, c.get("v_pred")!.data);
+  const loss = relErr(o.loss, c.get("loss")!.data);
+  const worst = Math.max(
+    ...o.grads.map(({ param: p, data }) =>
+      relErr(
+        toTorchLayout(data, p.variable.shape, p.torchShape, p.layout),
+        c.get(`grad.${p.key}`)!.data,
+      )
+    ),
   );
-  let worst = 0;
-  for (const np of m.namedParams().filter((p) => p.key !== "pos_embed")) {
-    const g = await grads[np.variable.name].data() as Float32Array;
-    const torch = toTorchLayout(g, np.variable.shape, np.torchShape, np.layout);
-    worst = Math.max(worst, relErr(torch, c.get(`grad.${np.key}`)!.data));
-  }
-  const loss = relErr(await value.data(), c.get("loss")!.data);
   console.log(
     `RESULT ${impl} golden parity: forward ${fwd.toExponential(2)}, loss ` +
       `${loss.toExponential(2)}, worst gradient ${worst.toExponential(2)} (tests allow 1e-4)`,
   );
+  tf.dispose(Object.values(batch));
   m.dispose();
 }
 

@@ -40,7 +40,8 @@ fi
 DD=$(mktemp -d)
 trap 'rm -rf "$DD"' EXIT
 DENO_DIR="$DD" deno cache --quiet --node-modules-dir=none \
-  tasks/train.ts tasks/bench.ts bench/gpu/adapter.ts bench/gpu/ops.ts 2>/dev/null
+  tasks/train.ts tasks/bench.ts bench/gpu/adapter.ts bench/gpu/ops.ts bench/gpu/check.ts \
+  bench/gpu/dawn.ts 2>/dev/null
 ( cd "$DD/npm" && {
     find registry.npmjs.org -maxdepth 3 -name registry.json
     find registry.npmjs.org/@tensorflow -path '*/4.22.0/package.json'
