@@ -3,7 +3,12 @@
 import { fileURLToPath } from "node:url";
 import { parseCommandLine, splitList } from "../lib/cli/args.ts";
 import { env } from "../lib/runtime/env.ts";
-import { availableBackends, type BackendName, loadBackend } from "../lib/runtime/backend.ts";
+import {
+  availableBackends,
+  type BackendName,
+  deviceName,
+  loadBackend,
+} from "../lib/runtime/backend.ts";
 import { benchSampling, benchTraining, runTorchAnchor, type TorchBenchRow } from "../bench/dit.ts";
 import { benchAutoencoders } from "../bench/vae.ts";
 import { formatCounts } from "../bench/webgpu_counters.ts";
@@ -83,7 +88,7 @@ for (const name of backends) {
       info.simd ? "on" : "off"
     }, products on ${info.products?.replace(/ from .*/, "")})`
     : name === "webgpu"
-    ? `webgpu (${info.adapter})`
+    ? `webgpu (${deviceName(info)})`
     : name;
   for (const b of batches) {
     console.error(`${label}: training, batch ${b} ...`);

@@ -8,7 +8,9 @@ import {
   type BackendName,
   BACKENDS,
   defaultBackendName,
+  deviceName,
   loadBackend,
+  webgpuEntryPoint,
 } from "../lib/runtime/backend.ts";
 import { Rng } from "../lib/runtime/rng.ts";
 import { IN_CI, relErr } from "./_shared.ts";
@@ -212,6 +214,22 @@ Deno.test("webgpu on a given WebGPU entry point without an adapter: an error tha
     new TextDecoder().decode(out.stderr),
     /the given GPU entry point returned no adapter/,
   );
+});
+
+Deno.test("$ANTHOS_WEBGPU: deno is navigator.gpu; a bad value or a missing addon is named", async () => {
+  if (navigator.gpu) assert.equal((await webgpuEntryPoint("deno")).gpu, navigator.gpu);
+  assert.equal((await webgpuEntryPoint("deno")).webgpu, "navigator.gpu");
+  const bad = await rejection(webgpuEntryPoint("vulkan"));
+  assert.match(
+    bad.message,
+    /ANTHOS_WEBGPU="vulkan": use deno .*, dawn .*, or the path of a dawn.node/,
+  );
+  const missing = await rejection(webgpuEntryPoint("/nowhere/dawn.node"));
+  assert.match(missing.message, /ANTHOS_WEBGPU=\/nowhere\/dawn.node: no such file/);
+  // What ledgers and bench tables call the device (Dawn itself runs in tests/dawn_test.ts).
+  assert.equal(deviceName({ adapter: "NVIDIA H200", webgpu: "navigator.gpu" }), "NVIDIA H200");
+  assert.equal(deviceName({ adapter: "NVIDIA H200", webgpu: "Dawn (x)" }), "NVIDIA H200 via Dawn");
+  assert.equal(deviceName({}), "cpu");
 });
 
 Deno.test("$ANTHOS_WASM_THREADS sets the wasm thread count; a bad value is named", async () => {

@@ -11,15 +11,15 @@
  *
  * Dawn comes from its node-API addon when a path to `dawn.node` is given (the GPU job: pack.sh
  * ships the linux-x64 one, ~5 MB compressed, with no npm resolution on the offline machine), else
- * from the npm package, imported by a computed specifier so that type checks and test runs never
- * fetch it (51 MB: every platform's binary); `--no-lock` keeps it out of deno.lock.
+ * from the npm package (51 MB: every platform's binary), as `ANTHOS_WEBGPU` loads them
+ * (`webgpuEntryPoint` in lib/runtime/backend.ts); `--no-lock` keeps it out of deno.lock. Training
+ * itself on Dawn is `ANTHOS_WEBGPU=dawn deno task train --backend webgpu ...`.
  *
  * @module
  */
 
 import * as tf from "@tensorflow/tfjs-core";
-import { createRequire } from "node:module";
-import { loadBackend } from "../../lib/runtime/backend.ts";
+import { loadBackend, webgpuEntryPoint } from "../../lib/runtime/backend.ts";
 import { env } from "../../lib/runtime/env.ts";
 import { DiT, toTorchLayout } from "../../lib/model/dit.ts";
 import { readSafetensors } from "../../lib/io/safetensors.ts";
@@ -27,29 +27,23 @@ import { benchTraining } from "../dit.ts";
 import { outputs, relErr } from "./parity.ts";
 import { formatCounts } from "../webgpu_counters.ts";
 
-/** The npm package and version of Dawn's bindings this try uses. */
-export const DAWN_PACKAGE = "npm:webgpu@0.6.2";
-
 const impl = Deno.args[0] ?? "dawn";
 const batch = Number(Deno.args[1] ?? 256);
 const steps = Number(Deno.args[2] ?? 5);
 if (impl !== "dawn" && impl !== "deno") throw new Error(`impl "${impl}": use dawn or deno`);
 
-let gpu: GPU = navigator.gpu;
-if (impl === "dawn") {
-  type Dawn = { create(flags: string[]): GPU; globals: Record<string, unknown> };
-  const addon = Deno.args[3];
-  const dawn: Dawn = addon ? createRequire(import.meta.url)(addon) : await import(DAWN_PACKAGE);
-  // Dawn's classes as the globals: the GPU-call counters wrap their prototypes.
-  Object.assign(globalThis, dawn.globals);
-  gpu = dawn.create([]);
-}
+// As ANTHOS_WEBGPU would (lib/runtime/backend.ts): Dawn's classes become the globals, so the
+// GPU-call counters wrap theirs.
+const entry = await webgpuEntryPoint(impl === "dawn" ? Deno.args[3] ?? "dawn" : "deno");
+const gpu = entry.gpu;
 const adapter = await gpu.requestAdapter({ powerPreference: "high-performance" });
 if (!adapter) {
   console.log(`RESULT ${impl} adapter none (see the log above: Dawn refuses Mesa 22 lavapipe)`);
   Deno.exit(1);
 }
-console.log(`RESULT ${impl} adapter ${adapter.info.description || adapter.info.device}`);
+console.log(
+  `RESULT ${impl} adapter ${adapter.info.description || adapter.info.device} (${entry.webgpu})`,
+);
 
 // The readback floor: what one wait for the GPU costs when there is nothing to wait for.
 {

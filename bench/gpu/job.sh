@@ -98,6 +98,15 @@ if [ -f "$ROOT/.gpu-dawn/dawn.node.xz" ] && [ ! -f "$STAGED/dawn.done" ]; then
     run 2c_dawn 90 "${D[@]}" bench/gpu/dawn.ts dawn 256 5 "$J/dawn.node"
   fi
   touch "$STAGED/dawn.done"
+  # Train on Dawn (ANTHOS_WEBGPU) when its training steps beat stage 2's on Deno's WebGPU by 10%.
+  dawn_rate=$(sed -n 's/^RESULT dawn train batch [0-9]*: \([0-9.]*\) steps.*/\1/p' "$OUT/2c_dawn.txt")
+  deno_rate=$(sed -n 's/^| webgpu .*| train step | [0-9]* | \([0-9.]*\) steps.*/\1/p' \
+    "$OUT/2_bench.txt" 2>/dev/null | tail -1)
+  echo "training steps/s: Dawn ${dawn_rate:-none}, Deno's WebGPU ${deno_rate:-none}"
+  if [ -n "$dawn_rate" ] && [ -n "$deno_rate" ] &&
+    awk "BEGIN { exit !($dawn_rate > 1.1 * $deno_rate) }"; then
+    echo "ANTHOS_WEBGPU=$J/dawn.node" > "$STAGED/webgpu.env"
+  fi
 fi
 # Train with the fastest ANTHOS_WGSL setting of stage 2b (kept for later calls on this machine).
 if [ "${SKIP_BENCH:-0}" != 1 ] && [ -f "$OUT/2b_ops.txt" ]; then
@@ -134,10 +143,15 @@ else
     export "$(cat "$STAGED/wgsl.env")"
   fi
   echo "training with ANTHOS_WGSL=${ANTHOS_WGSL:-default} (the fastest full step of stage 2b)"
-  # The guard (once per machine): webgpu must agree with wasm on this GPU before it trains.
-  if [ ! -f "$STAGED/check.ok" ]; then
+  [ -s "$STAGED/webgpu.env" ] && export "$(cat "$STAGED/webgpu.env")"
+  impl="Deno's WebGPU"
+  [ -n "${ANTHOS_WEBGPU:-}" ] && impl="Dawn (ANTHOS_WEBGPU=$ANTHOS_WEBGPU)"
+  echo "training on $impl (stage 2c)"
+  # The guard (once per machine and WebGPU): webgpu must agree with wasm here before it trains.
+  ok=$STAGED/check.ok${ANTHOS_WEBGPU:+.dawn}
+  if [ ! -f "$ok" ]; then
     if run 3b_check 150 "${D[@]}" bench/gpu/check.ts; then
-      touch "$STAGED/check.ok"
+      touch "$ok"
     else
       echo "webgpu disagrees with wasm on this GPU (3b_check.txt): not training; the run is as it was"
       left=0

@@ -61,7 +61,7 @@ cp deno.lock "$KIT/deno.lock" 2>/dev/null || true
 # Dawn's node-API addon (npm `webgpu`, linux-x64 only: the package holds every platform's, 51 MB)
 # for the job's stage 2c, apart from the kit (it does not fit beside it); ~5 MB compressed.
 rm -rf .gpu-dawn && mkdir -p .gpu-dawn
-DAWN=$(sed -n 's/^export const DAWN_PACKAGE = "\(.*\)";$/\1/p' bench/gpu/dawn.ts)
+DAWN=$(sed -n 's/^export const DAWN_PACKAGE = "\(.*\)";$/\1/p' lib/runtime/backend.ts)
 DD2=$(mktemp -d)
 DENO_DIR="$DD2" deno cache --quiet --no-lock --node-modules-dir=none "$DAWN" 2>/dev/null
 nice xz -T2 -6 -c "$(find "$DD2/npm" -path '*/dist/linux-x64/dawn.node' | head -1)" \

@@ -11,7 +11,9 @@
  *   The `.wasm` binaries are read from the npm package on disk (no network).
  * - `cpu`: tfjs-backend-cpu (plain JS, slow, the reference).
  * - `webgpu`: Deno's `navigator.gpu` (on a GPU-less Linux box: Mesa's lavapipe, from the Debian
- *   package `mesa-vulkan-drivers`). The device is created here with a clean descriptor.
+ *   package `mesa-vulkan-drivers`), or Dawn (Chromium's WebGPU, npm `webgpu`) with
+ *   `ANTHOS_WEBGPU=dawn`; see {@link webgpuEntryPoint}. The device is created here with a clean
+ *   descriptor.
  * - `tensorflow`: native libtensorflow via `@tensorflow/tfjs-node(-gpu)`, imported only on demand.
  *
  * @module
@@ -43,6 +45,11 @@ export interface BackendInfo {
   adapter?: string;
   /** webgpu: true for a software (fallback) adapter such as lavapipe. */
   fallbackAdapter?: boolean;
+  /**
+   * webgpu: the WebGPU implementation under tfjs: "navigator.gpu" (the runtime's own: wgpu in
+   * Deno), "Dawn (npm:webgpu@0.6.2)", "Dawn (<path to dawn.node>)", or "options.gpu".
+   */
+  webgpu?: string;
   /** tensorflow: the module specifier that provided the backend. */
   module?: string;
 }
@@ -61,11 +68,27 @@ export interface LoadBackendOptions {
    */
   tensorflowModules?: readonly string[];
   /**
-   * webgpu only: the WebGPU entry point to ask for the adapter; default `navigator.gpu` (Deno's own
-   * WebGPU). E.g. Dawn's from the npm `webgpu` package (see bench/gpu/dawn.ts). Fixed for the
+   * webgpu only: the WebGPU entry point to ask for the adapter. Default: the one `$ANTHOS_WEBGPU`
+   * names ({@link webgpuEntryPoint}), else `navigator.gpu` (Deno's own WebGPU). Fixed for the
    * process once webgpu has started.
    */
   gpu?: GPU;
+}
+
+/**
+ * The device a backend computes on, for logs, ledgers and bench tables: the GPU adapter (with
+ * " via Dawn" when Dawn's WebGPU runs it), else "cpu".
+ *
+ * @example
+ * ```ts
+ * import { deviceName } from "./backend.ts";
+ * deviceName({ adapter: "NVIDIA H200", webgpu: "Dawn (npm:webgpu@0.6.2)" }); // "NVIDIA H200 via Dawn"
+ * deviceName({}); // "cpu"
+ * ```
+ */
+export function deviceName(info: { adapter?: string; webgpu?: string }): string {
+  if (info.adapter == null) return "cpu";
+  return info.webgpu?.startsWith("Dawn") ? `${info.adapter} via Dawn` : info.adapter;
 }
 
 /** The env var that names the default backend. */
@@ -99,7 +122,7 @@ export async function loadBackend(
   const chosen = checkName(name ?? defaultBackendName());
   const known = loaded.get(chosen);
   if (known && tf.findBackend(chosen) != null) {
-    if (chosen === "webgpu" && options.gpu != null && options.gpu !== webgpuEntry) {
+    if (chosen === "webgpu" && options.gpu != null && options.gpu !== webgpuEntry?.gpu) {
       throw new Error(
         "webgpu already started in this process on another WebGPU entry point; the entry point is " +
           'fixed at the first loadBackend("webgpu"): pass gpu there (or drop the option).',
@@ -127,7 +150,9 @@ export async function loadBackend(
       info = { name: "cpu" };
       break;
     case "webgpu":
-      info = await startWebGpu(options.gpu);
+      info = await startWebGpu(
+        options.gpu ? { gpu: options.gpu, webgpu: "options.gpu" } : await webgpuEntryPoint(),
+      );
       break;
     case "tensorflow":
       info = await startTensorflow(options.tensorflowModules ?? defaultTensorflowModules());
@@ -419,8 +444,85 @@ async function patchForPthreads(threads: number): Promise<() => void> {
 // -------------------------------------------------------------------------------------- webgpu
 
 let adapterPromise: Promise<GPUAdapter | null> | null = null;
-/** The WebGPU entry point the webgpu backend started on (`navigator.gpu` unless one was given). */
-let webgpuEntry: GPU | undefined;
+/** The WebGPU entry point the webgpu backend started on. */
+let webgpuEntry: WebGpuEntry | undefined;
+
+/** The npm package of Dawn's WebGPU bindings that `ANTHOS_WEBGPU=dawn` loads. */
+export const DAWN_PACKAGE = "npm:webgpu@0.6.2";
+
+/** A WebGPU implementation: its entry point and what it is (as {@link BackendInfo.webgpu}). */
+export interface WebGpuEntry {
+  /** What `navigator.gpu` is in a browser: `requestAdapter()`. */
+  gpu: GPU;
+  /** E.g. "navigator.gpu" or "Dawn (npm:webgpu@0.6.2)". */
+  webgpu: string;
+}
+
+/**
+ * The WebGPU implementation that `setting` (default `$ANTHOS_WEBGPU`) names, for the webgpu
+ * backend: unset or `deno` = `navigator.gpu` (the runtime's own; in Deno, wgpu); `dawn` = Dawn,
+ * Chromium's WebGPU, from the npm package {@link DAWN_PACKAGE} (a node-API addon, ~51 MB with
+ * every platform's binary; fetched on first use, by a computed specifier so that type checks
+ * never fetch it); a path to a `dawn.node` file = that addon (offline machines: bench/gpu/ ships
+ * the linux-x64 one). Why Dawn: in Deno 2.9, each wait for the GPU (`mapAsync`) costs >= 10 ms
+ * (it polls with a 10 ms sleep); through Dawn it costs 0.03-0.07 ms (BENCHMARKS.md).
+ *
+ * Dawn's WebGPU classes (`GPUDevice`, `GPUBuffer`, ...) become the globals of the process, so code
+ * that looks up the WebGPU classes, such as the benches' call counters, sees the ones in use.
+ *
+ * @example
+ * ```ts
+ * import { webgpuEntryPoint } from "./backend.ts";
+ * const { webgpu } = await webgpuEntryPoint("deno");
+ * console.log(webgpu); // "navigator.gpu"
+ * ```
+ */
+export async function webgpuEntryPoint(
+  setting: string | undefined = anthosEnv.webgpu,
+): Promise<WebGpuEntry> {
+  const s = setting?.trim() || "deno";
+  const native = () => {
+    if (typeof navigator === "undefined" || !("gpu" in navigator) || navigator.gpu == null) {
+      throw new Error(
+        "webgpu unavailable: navigator.gpu is missing (Deno < 2 needs --unstable-webgpu). " +
+          `${ENV_VARS.webgpu}=dawn uses Dawn's WebGPU instead, or use wasm/cpu.`,
+      );
+    }
+    return { gpu: navigator.gpu, webgpu: "navigator.gpu" };
+  };
+  if (s === "deno" || s === "navigator") return native();
+  type Dawn = { create(flags: string[]): GPU; globals: Record<string, unknown> };
+  let dawn: Dawn;
+  let what: string;
+  if (s === "dawn") {
+    what = DAWN_PACKAGE;
+    const spec = DAWN_PACKAGE; // a variable: `deno check` and `deno publish` never fetch it
+    dawn = await import(spec).catch((e) => {
+      throw new Error(
+        `${ENV_VARS.webgpu}=dawn: could not load ${DAWN_PACKAGE} (${e.message}). It is fetched ` +
+          `from npm on first use; offline, set ${ENV_VARS.webgpu} to the path of its ` +
+          `linux-x64 dawn.node (bench/gpu/pack.sh makes one), or to deno.`,
+      );
+    });
+  } else if (s.endsWith(".node")) {
+    what = s;
+    const stat = await Deno.stat(s).catch(() => null);
+    if (!stat?.isFile) {
+      throw new Error(`${ENV_VARS.webgpu}=${s}: no such file (a path to Dawn's dawn.node addon).`);
+    }
+    // A node-API addon loads through require(); node:module only on this path (the web demo
+    // bundles this file).
+    const { createRequire } = await import("node:module");
+    dawn = createRequire(import.meta.url)(s.startsWith("/") ? s : `${Deno.cwd()}/${s}`);
+  } else {
+    throw new Error(
+      `${ENV_VARS.webgpu}="${s}": use deno (the runtime's WebGPU), dawn (${DAWN_PACKAGE}), ` +
+        `or the path of a dawn.node file.`,
+    );
+  }
+  Object.assign(globalThis, dawn.globals);
+  return { gpu: dawn.create([]), webgpu: `Dawn (${what})` };
+}
 
 function gpuAdapter(): Promise<GPUAdapter | null> {
   if (typeof navigator === "undefined" || !("gpu" in navigator) || navigator.gpu == null) {
@@ -440,16 +542,18 @@ function gpuAdapter(): Promise<GPUAdapter | null> {
  * a device with a flat feature list and the same limits tfjs wants, and register a factory that
  * wraps that device in `WebGPUBackend` (no patching of node_modules).
  */
-async function startWebGpu(gpu?: GPU): Promise<BackendInfo> {
-  const adapter = gpu
-    ? await gpu.requestAdapter({ powerPreference: "high-performance" })
-    : await gpuAdapter();
+async function startWebGpu(entry: WebGpuEntry): Promise<BackendInfo> {
+  const native = entry.webgpu === "navigator.gpu";
+  const adapter = native
+    ? await gpuAdapter()
+    : await entry.gpu.requestAdapter({ powerPreference: "high-performance" });
   if (adapter == null) {
-    const why = gpu
-      ? "the given GPU entry point returned no adapter"
-      : typeof navigator !== "undefined" && "gpu" in navigator
+    const why = native
       ? "navigator.gpu.requestAdapter() returned no adapter"
-      : "navigator.gpu is missing (Deno < 2 needs --unstable-webgpu)";
+      : entry.webgpu === "options.gpu"
+      ? "the given GPU entry point returned no adapter"
+      : `${entry.webgpu} returned no adapter (Dawn refuses some Vulkan drivers, e.g. Mesa 22's ` +
+        `lavapipe: ${ENV_VARS.webgpu}=deno uses the runtime's WebGPU)`;
     throw new Error(
       `webgpu unavailable: ${why}. Install a Vulkan driver (on Debian/Ubuntu without a GPU: ` +
         `\`apt-get install mesa-vulkan-drivers\` for the lavapipe CPU adapter), or use wasm/cpu.`,
@@ -476,14 +580,19 @@ async function startWebGpu(gpu?: GPU): Promise<BackendInfo> {
     // deno-lint-ignore no-explicit-any
     const make = () => new WebGPUBackend(device as any, adapter.info as any);
     tf.registerBackend("webgpu", make, 3);
-    webgpuEntry = gpu ?? navigator.gpu;
+    webgpuEntry = entry;
   }
   await activate("webgpu");
   const info = adapter.info;
   const label = info.description || [info.vendor, info.architecture, info.device]
     .filter((s) => s).join(" ") ||
     "unknown adapter";
-  return { name: "webgpu", adapter: label, fallbackAdapter: info.isFallbackAdapter === true };
+  return {
+    name: "webgpu",
+    adapter: label,
+    fallbackAdapter: info.isFallbackAdapter === true,
+    webgpu: webgpuEntry?.webgpu ?? entry.webgpu,
+  };
 }
 
 // ---------------------------------------------------------------------------------- tensorflow

@@ -12,6 +12,8 @@
  * | `wasmThreads`  | `ANTHOS_WASM_THREADS`  | XNNPACK threads for `wasm`                        |
  * | `wgsl`         | `ANTHOS_WGSL`          | webgpu's own WGSL kernels: `0` = off (tf ops),    |
  * |                |                        | `no-attention` = all but the attention kernel     |
+ * | `webgpu`       | `ANTHOS_WEBGPU`        | webgpu's WebGPU: `deno` (the runtime's own),      |
+ * |                |                        | `dawn` (npm `webgpu`) or a `dawn.node` file       |
  * | `blas`         | `ANTHOS_BLAS`          | wasm products on the system BLAS: `0` = off, or a |
  * |                |                        | library file (lib/runtime/blas.ts)                |
  * | `home`         | `ANTHOS_HOME`          | cache root (downloads, weights, datasets)         |
@@ -42,6 +44,7 @@ export const ENV_VARS = {
   wasmThreads: "ANTHOS_WASM_THREADS",
   blas: "ANTHOS_BLAS",
   wgsl: "ANTHOS_WGSL",
+  webgpu: "ANTHOS_WEBGPU",
   home: "ANTHOS_HOME",
   xdgCacheHome: "XDG_CACHE_HOME",
   hfEndpoint: "ANTHOS_HF_ENDPOINT",
@@ -104,6 +107,8 @@ export interface AnthosEnv {
   readonly blas: string | undefined;
   /** `$ANTHOS_WGSL`, raw (read by lib/model/kernels.ts). */
   readonly wgsl: string | undefined;
+  /** `$ANTHOS_WEBGPU`, raw (checked by `loadBackend`). */
+  readonly webgpu: string | undefined;
   /** `$ANTHOS_HOME`. */
   readonly home: string | undefined;
   /** `$XDG_CACHE_HOME`. */
@@ -146,6 +151,9 @@ export const env: AnthosEnv = Object.freeze({
   },
   get wgsl() {
     return readEnv(ENV_VARS.wgsl);
+  },
+  get webgpu() {
+    return readEnv(ENV_VARS.webgpu);
   },
   get home() {
     return readEnv(ENV_VARS.home);

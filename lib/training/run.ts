@@ -22,6 +22,7 @@ import {
   AUTOENCODERS,
 } from "../autoencoders/autoencoder.ts";
 import type { DiT } from "../model/dit.ts";
+import { deviceName } from "../runtime/backend.ts";
 import { randomNoise, sample } from "../model/flow.ts";
 import { makeGrid } from "../io/image.ts";
 import { loadAutoencoder } from "../autoencoders/load.ts";
@@ -484,7 +485,7 @@ export interface FinishOptions {
   /** Where the weights folder goes (default `<run>/export`). */
   exportDir?: string;
   /** The backend and device, for the provenance and the ledger. */
-  backend: { name: string; adapter?: string };
+  backend: { name: string; adapter?: string; webgpu?: string };
   /** A `classes.txt` to copy into the weights folder. */
   classesFile?: string;
   /** Makes the `samples.png` of the weights folder from the EMA weights. */
@@ -833,7 +834,7 @@ export class TrainingRun {
     const vaeName = (this.info.vae ?? meta.vae ?? "taesd") as AutoencoderKind;
     const known = AUTOENCODERS[vaeName];
     const scale = Number(meta.scaling_factor);
-    const device = backend.adapter ?? "cpu";
+    const device = deviceName(backend);
     const exported = await exportCheckpoint(this.folder.checkpoint, exportDir, {
       latentMetadata: meta,
       ...(known
