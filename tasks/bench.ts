@@ -9,6 +9,7 @@ import {
   deviceName,
   loadBackend,
 } from "../lib/runtime/backend.ts";
+import { forwardMacs } from "../lib/model/dit.ts";
 import { benchSampling, benchTraining, runTorchAnchor, type TorchBenchRow } from "../bench/dit.ts";
 import { benchAutoencoders } from "../bench/vae.ts";
 import { formatCounts } from "../bench/webgpu_counters.ts";
@@ -79,6 +80,10 @@ const load = () => Deno.loadavg()[0].toFixed(1);
 const lines: string[] = [];
 const counters: string[] = [];
 const fmt = (x: number, d = 2) => x.toFixed(d);
+// Arithmetic done per second in training: 6 x the forward pass's multiply-adds per sample (a
+// multiply-add is 2 operations; the backward costs two products per forward one).
+const gflops = (samplesPerSec: number) =>
+  `${fmt((samplesPerSec * 6 * forwardMacs()) / 1e9, 1)} GFLOP/s`;
 lines.push("| backend | what | batch | ours | PyTorch CPU | ours / PyTorch | load |");
 lines.push("| --- | --- | --- | --- | --- | --- | --- |");
 for (const name of backends) {
@@ -97,11 +102,12 @@ for (const name of backends) {
     const r = await benchTraining(b, { steps, microBatch: mb });
     lines.push(
       `| ${label} | train step${mb < b ? ` (micro-batch ${mb})` : ""} | ${b} | ` +
-        `${fmt(r.stepsPerSec, 3)} steps/s = ${fmt(r.samplesPerSec, 1)} samples/s | ` +
+        `${fmt(r.stepsPerSec, 3)} steps/s = ${fmt(r.samplesPerSec, 1)} samples/s = ` +
+        `${gflops(r.samplesPerSec)} | ` +
         (t
-          ? `${fmt(1000 / t.msPerStep, 3)} steps/s = ${fmt(t.samplesPerSec, 1)} samples/s | ${
-            fmt(r.samplesPerSec / t.samplesPerSec)
-          }x |`
+          ? `${fmt(1000 / t.msPerStep, 3)} steps/s = ${fmt(t.samplesPerSec, 1)} samples/s = ${
+            gflops(t.samplesPerSec)
+          } | ${fmt(r.samplesPerSec / t.samplesPerSec)}x |`
           : "— | — |") +
         ` ${load()} |`,
     );

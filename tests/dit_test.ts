@@ -3,7 +3,7 @@
 import * as tf from "@tensorflow/tfjs-core";
 import { assert, assertEquals, assertLess, assertRejects, assertThrows } from "./_assert.ts";
 import { type BackendName, loadBackend } from "../lib/runtime/backend.ts";
-import { DiT, type NamedParam, toTorchLayout } from "../lib/model/dit.ts";
+import { DiT, forwardMacs, type NamedParam, PRESETS, toTorchLayout } from "../lib/model/dit.ts";
 import { sample } from "../lib/model/flow.ts";
 import { parseSafetensors, type RawTensor, readSafetensors } from "../lib/io/safetensors.ts";
 import { relErr, sharedPath, useBackend, withProducts } from "./_shared.ts";
@@ -30,6 +30,27 @@ Deno.test("DiT-Nano/2 has 983,808 parameters, 959,232 trainable", async () => {
   assertEquals(m.paramCount(), 983_808);
   assertEquals(m.trainableVariables().reduce((a, v) => a + v.size, 0), 959_232);
   m.dispose();
+});
+
+Deno.test("forwardMacs: the products of the model's own weights, token by token, plus attention", async () => {
+  await loadBackend("cpu");
+  for (const name of ["DiT-Nano/2", "DiT-Pico/2"]) {
+    const model = DiT.create(PRESETS[name]);
+    const c = model.config;
+    const tokens = (c.inputSize / c.patchSize) ** 2;
+    // Each 2-D weight is one product: per token, or once per sample for the conditioning layers;
+    // the class embedding is a lookup, not a product.
+    let macs = 0;
+    for (const p of model.namedParams()) {
+      if (p.variable.rank !== 2 || p.key.startsWith("y_embedder")) continue;
+      const once = p.key.startsWith("t_embedder") || p.key.includes("adaLN_modulation");
+      macs += p.variable.size * (once ? 1 : tokens);
+    }
+    macs += c.depth * 2 * tokens * tokens * c.hiddenSize; // q k^T and p v, all heads
+    assertEquals(forwardMacs(c), macs, name);
+    model.dispose();
+  }
+  assertEquals(forwardMacs(), 218_225_664); // by hand: 256 x 556,032 + 384,000 + 6 x 2 x 256^2 x 96
 });
 
 Deno.test("adaLN-Zero init: a fresh model outputs exactly zero", async () => {
