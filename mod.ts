@@ -33,6 +33,8 @@ export {
   isWasmBackend,
   loadBackend,
   type LoadBackendOptions,
+  type WebGpuEntry,
+  webgpuEntryPoint,
 } from "./lib/runtime/backend.ts";
 export {
   AnthosPipeline,
@@ -51,6 +53,7 @@ export {
   type DiTConfig,
   ditForward,
   type DiTParams,
+  forwardMacs,
   type Layout,
   type Linear,
   type NamedParam,
