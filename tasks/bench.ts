@@ -10,6 +10,7 @@ import {
   loadBackend,
 } from "../lib/runtime/backend.ts";
 import { forwardMacs } from "../lib/model/dit.ts";
+import { WASM_MICRO_BATCH } from "../lib/training/trainer.ts";
 import { benchSampling, benchTraining, runTorchAnchor, type TorchBenchRow } from "../bench/dit.ts";
 import { benchAutoencoders } from "../bench/vae.ts";
 import { formatCounts } from "../bench/webgpu_counters.ts";
@@ -34,7 +35,7 @@ const SPEC = {
     },
     "micro-batch": {
       type: "integer",
-      default: 32,
+      default: WASM_MICRO_BATCH,
       description: "largest chunk per forward/backward on wasm (gradients accumulate)",
     },
     steps: { type: "integer", default: 2, description: "timed training steps per batch size" },

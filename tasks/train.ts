@@ -11,7 +11,7 @@ import { BACKEND_OPTION, CliError, isQuick, parseCommandLine, runMain } from "..
 import { splitList as list } from "../lib/cli/args.ts";
 import { stopOnSignals } from "../lib/cli/abort.ts";
 import { ProgressBar } from "../lib/cli/progress.ts";
-import { TRAIN_PRESETS } from "../lib/training/trainer.ts";
+import { TRAIN_PRESETS, WASM_MICRO_BATCH } from "../lib/training/trainer.ts";
 import { loadSampleGrid, minutesFromNow, PRESET_CADENCE } from "../lib/training/run.ts";
 import { RunChangedError, stopMessage, TrainingRun } from "../lib/training/run.ts";
 
@@ -38,7 +38,10 @@ const SPEC = {
     model: str("model preset, e.g. DiT-Nano/2 [default: the preset's]"),
     steps: int("total optimizer steps [default: the preset's]"),
     "batch-size": int("global batch size"),
-    "micro-batch": int("largest chunk per forward/backward"),
+    "micro-batch": int(
+      "largest chunk per forward/backward: memory only, so on --resume for this session " +
+        "[the run's; on wasm at most 32]",
+    ),
     lr: { type: "number", description: "peak learning rate" },
     warmup: int("linear warmup steps"),
     seed: int("seed of init, data order and noise, 0..4294967295"),
@@ -84,6 +87,14 @@ async function main(): Promise<number> {
     throw new CliError(cliHint(e));
   });
   const { trainer, info } = run;
+  if (backend.name === "wasm" && trainer.microBatch > WASM_MICRO_BATCH) {
+    if (given.has("microBatch")) {
+      console.error(
+        `warning: --micro-batch ${trainer.microBatch} may not fit the wasm heap (4 GiB): ` +
+          `DiT-Nano/2 at 64 does not finish a step; ${WASM_MICRO_BATCH} is the tested size`,
+      );
+    } else trainer.microBatch = WASM_MICRO_BATCH; // the run keeps its own (see Trainer.microBatch)
+  }
   const cadence = PRESET_CADENCE[info.preset] ?? PRESET_CADENCE.smoke;
   const evalItems = quick ? 4 : cadence.evalItems;
   const sampleEvery = o.sampleEvery ?? (quick ? trainer.config.steps : cadence.sampleEvery);

@@ -214,6 +214,39 @@ Deno.test({
       assertEquals(tf.memory().numTensors, 0);
     });
 
+    await t.step("micro-batch: capped on wasm, a session setting on --resume", async () => {
+      // The anthos recipe's micro-batch (256, for GPUs) does not fit the wasm heap for
+      // DiT-Nano/2: on wasm the task trains in chunks of WASM_MICRO_BATCH and the run keeps its own.
+      const out = `${tmp}/micro`;
+      const microOf = async () =>
+        JSON.parse((await readSafetensors(`${out}/checkpoint.safetensors`)).metadata.train_config)
+          .microBatch;
+      const r1 = await runTask("train", [
+        ...["--preset", "anthos", "--model", "DiT-Pico/2", "--batch-size", "48", "--steps", "1"],
+        ...["--data", cache, "--out", out, "--sample-every", "0", "--backend", "wasm"],
+      ]);
+      assertEquals(r1.code, 0, r1.stderr);
+      assert(r1.stderr.includes("batch 48 in chunks of 32,"), r1.stderr);
+      assertEquals(await microOf(), 48);
+      // Another micro-batch on --resume is not a change of the run (RunChangedError otherwise).
+      const r2 = await runTask("train", [
+        ...["--resume", "--out", out, "--steps", "2", "--micro-batch", "16", "--backend", "wasm"],
+        ...["--sample-every", "0"],
+      ]);
+      assertEquals(r2.code, 0, r2.stderr);
+      assert(r2.stderr.includes("batch 48 in chunks of 16,"), r2.stderr);
+      assertEquals(await microOf(), 48);
+      assertEquals(readLog(`${out}/log.jsonl`).map((l) => l.step), [1, 2]);
+      // Asked for more than wasm holds: trained as asked, with a warning.
+      const r3 = await runTask("train", [
+        ...["--resume", "--out", out, "--steps", "3", "--micro-batch", "48", "--backend", "wasm"],
+        ...["--sample-every", "0"],
+      ]);
+      assertEquals(r3.code, 0, r3.stderr);
+      assert(r3.stderr.includes("warning: --micro-batch 48 may not fit the wasm heap"), r3.stderr);
+      assert(!r3.stderr.includes("in chunks of"), r3.stderr);
+    });
+
     await t.step("errors: missing cache, existing run, nothing to resume", async () => {
       const r1 = await runTask("train", [
         ...common,

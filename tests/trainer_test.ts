@@ -1,7 +1,14 @@
 // The trainer: one AdamW step against the golden vectors, learning on a small latent set,
 // bit-exact resume, no tensor growth, and a clean stop on a non-finite loss.
 import * as tf from "@tensorflow/tfjs-core";
-import { assert, assertEquals, assertGreater, assertLess, assertRejects } from "./_assert.ts";
+import {
+  assert,
+  assertEquals,
+  assertGreater,
+  assertLess,
+  assertRejects,
+  assertThrows,
+} from "./_assert.ts";
 import { type BackendName, loadBackend } from "../lib/runtime/backend.ts";
 import { DiT, toTorchLayout } from "../lib/model/dit.ts";
 import type { LatentDataset } from "../lib/data/latents.ts";
@@ -165,7 +172,13 @@ Deno.test("micro-batching gives the same step as one full batch (to float roundi
   await loadBackend("wasm");
   const data = toySet(16, 4);
   const full = new Trainer({ ...tiny, preset: "smoke", steps: 2 });
-  const micro = new Trainer({ ...tiny, preset: "smoke", steps: 2, microBatch: 3 });
+  // The session's chunk size, set after construction (as a resumed run may), not the config's.
+  const micro = new Trainer({ ...tiny, preset: "smoke", steps: 2 });
+  micro.microBatch = 3;
+  assertEquals(micro.config.microBatch, full.config.microBatch); // what a checkpoint would store
+  for (const bad of [0, 2.5, NaN]) {
+    assertThrows(() => micro.microBatch = bad, Error, "microBatch must be a positive integer");
+  }
   const a = await full.fit(data);
   const b = await micro.fit(data);
   assertLess(Math.abs(a!.loss - b!.loss) / a!.loss, 1e-5);

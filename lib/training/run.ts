@@ -401,7 +401,10 @@ export interface FixedSettings {
   model?: string;
   /** Global batch. */
   batchSize?: number;
-  /** Micro-batch. */
+  /**
+   * Micro-batch: the run's own when it starts; on a resume this session's only (it sets memory,
+   * not the maths: {@link Trainer.microBatch}), so it is never a change of the run.
+   */
   microBatch?: number;
   /** Peak learning rate. */
   lr?: number;
@@ -595,7 +598,8 @@ export class TrainingRun {
       // A setting equal to the run's own is not a change (the documented resume command
       // repeats --preset).
       const changed = Object.entries(fixed)
-        .filter(([k, v]) => v !== undefined && stored[k] !== v).map(([k]) => k);
+        .filter(([k, v]) => k !== "microBatch" && v !== undefined && stored[k] !== v)
+        .map(([k]) => k);
       if (changed.length) throw new RunChangedError(changed, folder.dir);
     } else if (hasCkpt) {
       throw new Error(
@@ -633,6 +637,7 @@ export class TrainingRun {
           folder.checkpoint,
           options.steps !== undefined ? { steps: options.steps } : {},
         );
+        if (fixed.microBatch !== undefined) trainer.microBatch = fixed.microBatch;
       } else {
         trainer = new Trainer({
           preset: options.preset,
@@ -706,7 +711,9 @@ export class TrainingRun {
       `latents (${this.split.heldOut.length} more held out) from ${
         this.info.data.join(", ")
       }${phase}, ${backend} backend; step ${t.step}/` +
-      `${t.config.steps}, batch ${t.config.batchSize}, lr ${t.config.lr} -> ${this.folder.dir}` +
+      `${t.config.steps}, batch ${t.config.batchSize}${
+        t.microBatch < t.config.batchSize ? ` in chunks of ${t.microBatch}` : ""
+      }, lr ${t.config.lr} -> ${this.folder.dir}` +
       this.removedTemps.map((f) => `\nremoved a stale temp file of a killed run: ${f}`).join("");
   }
 

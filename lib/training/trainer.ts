@@ -58,6 +58,14 @@ export interface TrainConfig {
   seed: number;
 }
 
+/**
+ * The largest micro-batch the wasm backend is given by the tasks (tasks/train.ts, the bench): its
+ * heap is one 4 GiB WebAssembly memory, and a DiT-Nano/2 pass over 64 samples does not finish
+ * (measured 2026-11-27: no step in 150 s, where one at 32 takes 13 s and at 40 16 s, first step
+ * included); so the `anthos` run (micro-batch 256, made for GPUs) trains on wasm in chunks of 32.
+ */
+export const WASM_MICRO_BATCH = 32;
+
 /** Named training presets: `anthos` (the published run) and `smoke` (a short CPU run). */
 export const TRAIN_PRESETS: Readonly<Record<string, TrainConfig>> = Object.freeze({
   anthos: {
@@ -174,6 +182,22 @@ export class Trainer {
    * the GPU, ≥ 10 ms in Deno). Set it to the logging interval. Other backends read every step.
    */
   readEvery = 1;
+  /**
+   * This session's largest chunk per forward/backward, from `config.microBatch`. It sets memory
+   * only (the chunks' gradients are summed: results agree to float rounding, not bit for bit), so a
+   * resumed run may use another without changing the run, e.g. 32 on wasm, whose 4 GiB heap does
+   * not hold DiT-Nano/2 at batch 256 in one pass, for a run made on a GPU. Not saved.
+   */
+  get microBatch(): number {
+    return this.#microBatch;
+  }
+  set microBatch(n: number) {
+    if (!Number.isInteger(n) || n < 1) {
+      throw new Error(`microBatch must be a positive integer, got ${n}`);
+    }
+    this.#microBatch = n;
+  }
+  #microBatch: number;
   #device: DeviceAdamW | null | undefined;
   #lastLr: [number, number] = [0, 0]; // [step, lr] of the latest device step
   /** Where the current data order began and over how many latents (see {@link batchIndices}). */
@@ -210,6 +234,7 @@ export class Trainer {
     }
     validate(config);
     this.config = config;
+    this.#microBatch = config.microBatch;
     const arch = PRESETS[config.model];
     if (!arch && !restore) {
       throw new Error(
@@ -382,7 +407,7 @@ export class Trainer {
     onDevice = false,
   ): Promise<{ loss: number; lossTensor?: tf.Tensor; grads: tf.Tensor[] }> {
     const b = batch.xt.shape[0];
-    const mb = Math.min(this.config.microBatch, b);
+    const mb = Math.min(this.microBatch, b);
     let grads: tf.Tensor[] | null = null;
     let loss = 0;
     let lossTensor: tf.Tensor | undefined;
