@@ -88,12 +88,10 @@ async function main(): Promise<number> {
   });
   const { trainer, info } = run;
   if (backend.name === "wasm" && trainer.microBatch > WASM_MICRO_BATCH) {
-    if (given.has("microBatch")) {
-      console.error(
-        `warning: --micro-batch ${trainer.microBatch} may not fit the wasm heap (4 GiB): ` +
-          `DiT-Nano/2 at 64 does not finish a step; ${WASM_MICRO_BATCH} is the tested size`,
-      );
-    } else trainer.microBatch = WASM_MICRO_BATCH; // the run keeps its own (see Trainer.microBatch)
+    console.error(
+      `warning: --micro-batch ${trainer.microBatch} may not fit the wasm heap (4 GiB): ` +
+        `DiT-Nano/2 at 64 does not finish a step; ${WASM_MICRO_BATCH} is the tested size`,
+    );
   }
   const cadence = PRESET_CADENCE[info.preset] ?? PRESET_CADENCE.smoke;
   const evalItems = quick ? 4 : cadence.evalItems;

@@ -12,7 +12,12 @@ import {
 import { type BackendName, loadBackend } from "../lib/runtime/backend.ts";
 import { DiT, toTorchLayout } from "../lib/model/dit.ts";
 import type { LatentDataset } from "../lib/data/latents.ts";
-import { learningRate, NonFiniteLossError, Trainer } from "../lib/training/trainer.ts";
+import {
+  learningRate,
+  NonFiniteLossError,
+  Trainer,
+  WASM_MICRO_BATCH,
+} from "../lib/training/trainer.ts";
 import { readSafetensors } from "../lib/io/safetensors.ts";
 import { relErr, sharedPath, useBackend, withProducts } from "./_shared.ts";
 
@@ -176,6 +181,13 @@ Deno.test("micro-batching gives the same step as one full batch (to float roundi
   const micro = new Trainer({ ...tiny, preset: "smoke", steps: 2 });
   micro.microBatch = 3;
   assertEquals(micro.config.microBatch, full.config.microBatch); // what a checkpoint would store
+  // Unless set, wasm runs at most WASM_MICRO_BATCH per chunk (its heap); other backends the config's.
+  const big = new Trainer({ ...tiny, preset: "smoke", batchSize: 64, microBatch: 64 });
+  assertEquals(big.microBatch, WASM_MICRO_BATCH);
+  await loadBackend("cpu");
+  assertEquals(big.microBatch, 64);
+  await loadBackend("wasm");
+  big.dispose();
   for (const bad of [0, 2.5, NaN]) {
     assertThrows(() => micro.microBatch = bad, Error, "microBatch must be a positive integer");
   }

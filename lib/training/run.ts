@@ -637,7 +637,6 @@ export class TrainingRun {
           folder.checkpoint,
           options.steps !== undefined ? { steps: options.steps } : {},
         );
-        if (fixed.microBatch !== undefined) trainer.microBatch = fixed.microBatch;
       } else {
         trainer = new Trainer({
           preset: options.preset,
@@ -653,6 +652,8 @@ export class TrainingRun {
           }),
         });
       }
+      // Asked for: this session's chunk size, even above wasm's default cap.
+      if (fixed.microBatch !== undefined) trainer.microBatch = fixed.microBatch;
       checkLatents(trainer, data, files);
       // The held-out slice (eval.ts's rule: per photo, stable when files are added) never trains.
       const fraction = info ? info.heldOutFraction : options.heldOutFraction;

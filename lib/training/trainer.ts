@@ -59,7 +59,7 @@ export interface TrainConfig {
 }
 
 /**
- * The largest micro-batch the wasm backend is given by the tasks (tasks/train.ts, the bench): its
+ * The largest micro-batch a {@link Trainer} runs on the wasm backend unless told otherwise: its
  * heap is one 4 GiB WebAssembly memory, and a DiT-Nano/2 pass over 64 samples does not finish
  * (measured 2026-11-27: no step in 150 s, where one at 32 takes 13 s and at 40 16 s, first step
  * included); so the `anthos` run (micro-batch 256, made for GPUs) trains on wasm in chunks of 32.
@@ -183,13 +183,16 @@ export class Trainer {
    */
   readEvery = 1;
   /**
-   * This session's largest chunk per forward/backward, from `config.microBatch`. It sets memory
-   * only (the chunks' gradients are summed: results agree to float rounding, not bit for bit), so a
-   * resumed run may use another without changing the run, e.g. 32 on wasm, whose 4 GiB heap does
-   * not hold DiT-Nano/2 at batch 256 in one pass, for a run made on a GPU. Not saved.
+   * This session's largest chunk per forward/backward: `config.microBatch`, but at most
+   * {@link WASM_MICRO_BATCH} on the wasm backend unless set. It sets memory only (the chunks'
+   * gradients are summed: results agree to float rounding, not bit for bit), so a resumed run may
+   * use another without changing the run; a run made for a GPU (micro-batch 256) trains on wasm in
+   * chunks of 32 and keeps its own. Not saved.
    */
   get microBatch(): number {
-    return this.#microBatch;
+    if (this.#microBatch !== undefined) return this.#microBatch;
+    const mb = this.config.microBatch;
+    return tf.getBackend() === "wasm" ? Math.min(mb, WASM_MICRO_BATCH) : mb;
   }
   set microBatch(n: number) {
     if (!Number.isInteger(n) || n < 1) {
@@ -197,7 +200,7 @@ export class Trainer {
     }
     this.#microBatch = n;
   }
-  #microBatch: number;
+  #microBatch: number | undefined;
   #device: DeviceAdamW | null | undefined;
   #lastLr: [number, number] = [0, 0]; // [step, lr] of the latest device step
   /** Where the current data order began and over how many latents (see {@link batchIndices}). */
@@ -234,7 +237,6 @@ export class Trainer {
     }
     validate(config);
     this.config = config;
-    this.#microBatch = config.microBatch;
     const arch = PRESETS[config.model];
     if (!arch && !restore) {
       throw new Error(
