@@ -25,6 +25,7 @@ import {
   swigluHidden,
   timestepSinusoids,
 } from "../lib/model/kernels.ts";
+import * as wgsl from "../lib/model/kernels_webgpu.ts";
 import { Rng } from "../lib/runtime/rng.ts";
 import { relErr, useBackend } from "./_shared.ts";
 
@@ -287,4 +288,33 @@ Deno.test("straight path and timestep sinusoids on webgpu (WGSL) match tf ops on
   assertLess(relErr(got[0], want[0]), 1e-6, "x_t");
   assertLess(relErr(got[1], want[1]), 1e-6, "v");
   assertLess(relErr(got[2], want[2]), 1e-5, "[cos | sin]");
+});
+
+Deno.test("attention kernels on webgpu: tiled (workgroup tiles, vec4 reads) = untiled, bit for bit", async () => {
+  if (!(await useBackend("webgpu"))) return;
+  // T = 192: three tiles of 64 keys; hd = 24; two samples, four heads.
+  const [n, t, h, hd] = [2, 192, 4, 24];
+  const d = h * hd;
+  const dims = { tokens: t, heads: h };
+  const qkv = tf.tensor2d(seededNormal([n * t, 3 * d], 30), [n * t, 3 * d]);
+  const dO = tf.tensor2d(seededNormal([n * t, d], 31), [n * t, d]);
+  const before = tf.memory().numTensors;
+  const device = (tf.backend() as unknown as { device?: GPUDevice }).device;
+  device?.pushErrorScope("validation");
+  const outs: Float32Array[][] = [];
+  for (const tiled of [true, false]) {
+    const o = wgsl.attentionWgsl(qkv, dims, { tiled });
+    const g = wgsl.attentionGradWgsl(qkv, o, dO, dims, { tiled });
+    outs.push([await o.data() as Float32Array, await g.data() as Float32Array]);
+    tf.dispose([o, g]);
+  }
+  assertEquals(await device?.popErrorScope() ?? null, null, "a WGSL kernel failed validation");
+  assertEquals(tf.memory().numTensors, before);
+  for (const k of [0, 1]) {
+    const [a, b] = [outs[0][k], outs[1][k]];
+    const differ = a.reduce((m, v, i) => m + (Object.is(v, b[i]) ? 0 : 1), 0);
+    assertEquals(differ, 0, `${k ? "gradient" : "output"}: values that differ`);
+    assert(a.some((v) => v !== 0), "a real output");
+  }
+  tf.dispose([qkv, dO]);
 });

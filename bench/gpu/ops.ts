@@ -1,11 +1,12 @@
 /**
  * Where a webgpu training step's time goes, for the GPU job (stage 2b): the step split into
- * phases (forward; forward + backward; the full optimizer step) with the WGSL kernels, with all
- * but the WGSL attention, and with tf ops only (`ANTHOS_WGSL`), each with its wall time, the
+ * phases (forward; forward + backward; the full optimizer step) with the WGSL kernels, with the
+ * attention kernels untiled, with all but the WGSL attention, and with tf ops only
+ * (`ANTHOS_WGSL`), each with its wall time, the
  * time JavaScript took to enqueue it, and the process's CPU time (all threads: tfjs and wgpu); then
  * the products of the model's shapes at batch 256 (forward, dX, the weight gradient plainly and
  * split as lib/model/kernels.ts does it), a softmax and an elementwise op; then each WGSL kernel
- * of a block at this batch (attention forward and backward, q/k norm, LayerNorm + modulation and
+ * of a block at this batch (attention forward and backward, tiled and untiled, q/k norm, LayerNorm + modulation and
  * its gradients, gated residual, SwiGLU gate, loss). The adapter has no timestamp queries, so GPU
  * time is wall time after the queue drains.
  *
@@ -26,7 +27,7 @@ import { Rng } from "../../lib/runtime/rng.ts";
 
 const smoke = Deno.env.get("SMOKE") === "1";
 const batch = Number(Deno.args[0] ?? (smoke ? 2 : 256));
-// Timed repetitions: few for the step phases (3 settings x 3 phases at ~1 s each on a GPU).
+// Timed repetitions: few for the step phases (4 settings x 3 phases at ~1 s each on a GPU).
 let reps = smoke ? 2 : 3;
 const info = await loadBackend("webgpu");
 console.log(`RESULT ops backend ${info.name} ${info.adapter ?? ""} batch ${batch}`);
@@ -61,10 +62,15 @@ const fmt = (name: string, [wall, enq, cpu]: [number, number, number], extra = "
 
 // 1) A training step in phases, with each setting of ANTHOS_WGSL (read at each op).
 const fullStep = new Map<string, number>(); // setting -> wall ms of the full step
-for (const wgsl of ["", "no-attention", "0"]) {
+for (const wgsl of ["", "untiled-attention", "no-attention", "0"]) {
   if (wgsl) Deno.env.set("ANTHOS_WGSL", wgsl);
   else Deno.env.delete("ANTHOS_WGSL");
-  const label = wgsl === "" ? "WGSL kernels" : wgsl === "0" ? "tf ops only" : "WGSL, tf attention";
+  const label = {
+    "": "WGSL kernels",
+    "untiled-attention": "WGSL, attention untiled",
+    "no-attention": "WGSL, tf attention",
+    "0": "tf ops only",
+  }[wgsl];
   const rng = new Rng(0);
   const model = DiT.create({}, { seed: 0 });
   const data = tf.tensor4d(rng.normalArray(batch * 32 * 32 * 4), [batch, 32, 32, 4]);
@@ -168,10 +174,13 @@ reps = smoke ? 2 : 10;
   const act = n * 256 * 96 * 4; // bytes of one [N, T, D] activation
   let s = await timeIt(() => wgsl.qkNormWgsl(qkv, 4, 1e-6));
   fmt(`wgsl q/k norm [${n * 256},288]`, s, gbs(6 * act, s[0]));
-  s = await timeIt(() => wgsl.attentionWgsl(qkv, dims));
-  fmt(`wgsl attention forward [${n * 256},288]`, s, gbs(4 * act, s[0]));
-  s = await timeIt(() => wgsl.attentionGradWgsl(qkv, o, o, dims));
-  fmt(`wgsl attention backward (stats + grad)`, s, gbs(8 * act, s[0]));
+  for (const tiled of [true, false]) {
+    const how = tiled ? "tiled" : "untiled";
+    s = await timeIt(() => wgsl.attentionWgsl(qkv, dims, { tiled }));
+    fmt(`wgsl attention forward, ${how} [${n * 256},288]`, s, gbs(4 * act, s[0]));
+    s = await timeIt(() => wgsl.attentionGradWgsl(qkv, o, o, dims, { tiled }));
+    fmt(`wgsl attention backward (stats + grad), ${how}`, s, gbs(8 * act, s[0]));
+  }
   s = await timeIt(() => wgsl.layerNormWgsl(x, 1e-6, { mod, at: 0 }));
   fmt(`wgsl layerNorm + modulation [${n},256,96]`, s, gbs(2 * act, s[0]));
   s = await timeIt(() => wgsl.layerNormGradWgsl(x, x, 1e-6, { mod, at: 0 }));

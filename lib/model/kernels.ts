@@ -359,8 +359,9 @@ function onWebGpu(): boolean {
 
 /**
  * Whether the WGSL attention ({@link attentionQkv}) runs: on webgpu unless `ANTHOS_WGSL` is `0`
- * or `no-attention`. It trades the head transposes and `[T, T]` maps for recomputed scores, so
- * which one is faster depends on the device (the GPU job's stage 2b measures all three settings).
+ * or `no-attention` (`untiled-attention`: its kernels without workgroup tiles). It trades the head
+ * transposes and `[T, T]` maps for recomputed scores, so which one is faster depends on the device
+ * (the GPU job's stage 2b measures every setting).
  *
  * @example
  * ```ts
@@ -566,20 +567,24 @@ export function attentionCore(q: tf.Tensor3D, k: tf.Tensor3D, v: tf.Tensor3D): t
   return attentionCoreOp(q, k, v) as tf.Tensor3D;
 }
 
-/** The webgpu attention op (q/k norms included) for one (tokens, heads, eps). */
+/**
+ * The webgpu attention op (q/k norms included) for one (tokens, heads, eps), its kernels tiled
+ * unless `ANTHOS_WGSL=untiled-attention`.
+ */
 function attentionGpuOp(tokens: number, heads: number, eps: number) {
-  const key = `${tokens}/${heads}/${eps}`;
+  const tiled = env.wgsl !== "untiled-attention";
+  const key = `${tokens}/${heads}/${eps}/${tiled}`;
   let op = attentionGpuOps.get(key);
   if (!op) {
     const dims = { tokens, heads };
     op = fused((qkv: tf.Tensor, save: tf.GradSaveFunc) => {
       const normed = qkNormWgsl(qkv, heads, eps); // [N*T, 3D]
-      const o = attentionWgsl(normed, dims); // [N*T, D]
+      const o = attentionWgsl(normed, dims, { tiled }); // [N*T, D]
       save([qkv, normed, o]);
       return {
         value: o,
         gradFunc: (dO: tf.Tensor, [sx, sn, so]: tf.Tensor[]) => [
-          tf.tidy(() => qkNormWgsl(sx, heads, eps, attentionGradWgsl(sn, so, dO, dims))), // [N*T, 3D]
+          tf.tidy(() => qkNormWgsl(sx, heads, eps, attentionGradWgsl(sn, so, dO, dims, { tiled }))), // [N*T, 3D]
         ],
       };
     });

@@ -683,6 +683,83 @@ function attentionUniforms(qkv: tf.Tensor, dims: { tokens: number; heads: number
 }
 
 /**
+ * Keys (and queries) per tile of the tiled attention kernels, = their workgroup size: each lane
+ * copies one row of the tile into workgroup memory, then every lane reads the whole tile.
+ */
+const ATTN_TILE = 64;
+
+/** Options of {@link attentionWgsl} and {@link attentionGradWgsl}. */
+export interface AttentionWgslOptions {
+  /**
+   * `false`: the untiled kernels (every thread reads its keys from the storage buffer); default:
+   * tiled where the shapes allow ({@link ATTN_TILE}). Both give the same sums in the same order.
+   */
+  tiled?: boolean;
+}
+
+/**
+ * Whether the attention kernels run tiled: T a multiple of {@link ATTN_TILE} (a workgroup is one
+ * tile of queries of one (sample, head)) and two tiles of `hd`-wide rows in 16 KiB of workgroup
+ * memory (WebGPU's guaranteed minimum), as `vec4`s.
+ */
+function tiledAttention(tokens: number, hd: number): boolean {
+  return tokens % ATTN_TILE === 0 && hd % 4 === 0 && 2 * ATTN_TILE * hd * 4 <= 16384;
+}
+
+/** WGSL: the two tiles (`ta`, `tb`) of the tiled attention kernels, `hd / 4` vec4s per row. */
+const ATTN_TILES = (hd: number) => `
+      var<workgroup> ta : array<vec4<f32>, ${ATTN_TILE * hd / 4}>;
+      var<workgroup> tb : array<vec4<f32>, ${ATTN_TILE * hd / 4}>;`;
+
+/**
+ * WGSL: copies `hd` floats of `src` from `from` into row `lane` of tile `tile` (as vec4s), where
+ * `lane` is this thread's place in its workgroup.
+ */
+const TO_TILE = (hd: number, tile: string, src: string, from: string) => `
+        for (var c = 0; c < ${hd / 4}; c++) {
+          let f = ${from} + 4 * c;
+          ${tile}[lane * ${
+  hd / 4
+} + c] = vec4<f32>(${src}[f], ${src}[f + 1], ${src}[f + 2], ${src}[f + 3]);
+        }`;
+
+/**
+ * WGSL: `acc = acc + sum over the channels of a * (tile row j)` written out channel by channel
+ * (one scalar product per channel, channels in order: the same sums as the untiled kernels); `a`
+ * is an expression of the channel index `ch`, e.g. `qs[ch]`; `comp` maps a tile value first.
+ */
+const TILE_DOT = (
+  hd: number,
+  acc: string,
+  a: (ch: string) => string,
+  tile: string,
+  comp: (v: string) => string = (v) => v,
+) => `
+          for (var c = 0; c < ${hd / 4}; c++) {
+            let r = ${tile}[j * ${hd / 4} + c];
+            ${acc} += ${a("4 * c")} * ${comp("r.x")};
+            ${acc} += ${a("4 * c + 1")} * ${comp("r.y")};
+            ${acc} += ${a("4 * c + 2")} * ${comp("r.z")};
+            ${acc} += ${a("4 * c + 3")} * ${comp("r.w")};
+          }`;
+
+/** WGSL: `out[ch] += w * (tile row j)[ch]` for every channel. */
+const TILE_AXPY = (
+  hd: number,
+  out: string,
+  w: string,
+  tile: string,
+  comp: (v: string) => string = (v) => v,
+) => `
+          for (var c = 0; c < ${hd / 4}; c++) {
+            let r = ${tile}[j * ${hd / 4} + c];
+            ${out}[4 * c] += ${w} * ${comp("r.x")};
+            ${out}[4 * c + 1] += ${w} * ${comp("r.y")};
+            ${out}[4 * c + 2] += ${w} * ${comp("r.z")};
+            ${out}[4 * c + 3] += ${w} * ${comp("r.w")};
+          }`;
+
+/**
  * LayerNorm (no affine, as torch) of each head's q and k in the packed `qkv [N*T, 3D]`, v passed
  * through: rows of `hd` values, one thread each. With `dy`, the input gradient instead (v's
  * gradient passes through).
@@ -737,9 +814,40 @@ export function qkNormWgsl(qkv: tf.Tensor, heads: number, eps: number, dy?: tf.T
 export function attentionWgsl(
   qkv: tf.Tensor,
   dims: { tokens: number; heads: number },
+  options: AttentionWgslOptions = {},
 ): tf.Tensor {
   const { threads, ints, floats } = attentionUniforms(qkv, dims);
   const hd = ints.hd;
+  if (options.tiled !== false && tiledAttention(dims.tokens, hd)) {
+    return runKernel({
+      key: `attention_tiled_hd${hd}`,
+      inputs: { QKV: qkv },
+      outShape: [qkv.size / ints.rs, ints.d],
+      threads,
+      group: ATTN_TILE,
+      shared: ATTN_TILES(hd),
+      body: `${ATTN_INDEX}${OWN_Q(hd)}
+      let lane = i % ${ATTN_TILE};
+      var mx = -3.402823e38;
+      var sum = 0.0;
+      var acc : array<f32, ${hd}>;
+      for (var t0 = 0; t0 < uniforms.t; t0 += ${ATTN_TILE}) {
+        let kr = head0 + (t0 + lane) * uniforms.rs;${TO_TILE(hd, "ta", "QKV", "kr + uniforms.d")}${
+        TO_TILE(hd, "tb", "QKV", "kr + 2 * uniforms.d")
+      }
+        workgroupBarrier();
+        for (var j = 0; j < ${ATTN_TILE}; j++) {
+          var s = 0.0;${TILE_DOT(hd, "s", (ch) => `qs[${ch}]`, "ta")}${ONLINE_MAX(hd)}
+          let e = exp(s - mx);
+          sum += e;${TILE_AXPY(hd, "acc", "e", "tb")}
+        }
+        workgroupBarrier();
+      }
+      for (var c = 0; c < ${hd}; c++) { result[orow + c] = acc[c] / sum; }`,
+      ints,
+      floats,
+    });
+  }
   return runKernel({
     key: `attention_hd${hd}`, // hd is a literal in the WGSL: one pipeline per head size
     inputs: { QKV: qkv },
@@ -786,22 +894,54 @@ export function attentionGradWgsl(
   o: tf.Tensor,
   dO: tf.Tensor,
   dims: { tokens: number; heads: number },
+  options: AttentionWgslOptions = {},
 ): tf.Tensor {
   const { threads, ints, floats } = attentionUniforms(qkv, dims);
   const hd = ints.hd;
+  const tiled = options.tiled !== false && tiledAttention(dims.tokens, hd);
+  // Tiled: the keys (then the queries) a thread loops over come from workgroup memory, a tile of
+  // ATTN_TILE rows at a time, read as vec4s; the sums are the same, in the same order.
+  const tiling = tiled
+    ? { group: ATTN_TILE, shared: ATTN_TILES(hd), key: "_tiled" }
+    : { group: undefined, shared: undefined, key: "" };
+  const lane = tiled
+    ? `
+      let lane = i % ${ATTN_TILE};`
+    : "";
+  /** WGSL: a loop over the keys (`kr`: key row; `j`: key index), tiled or not. */
+  const overKeys = (load: string, perKey: string, tiledPerKey: string) =>
+    tiled
+      ? `
+      for (var t0 = 0; t0 < uniforms.t; t0 += ${ATTN_TILE}) {
+        let kr = head0 + (t0 + lane) * uniforms.rs;${load}
+        workgroupBarrier();
+        for (var j = 0; j < ${ATTN_TILE}; j++) {${tiledPerKey}
+        }
+        workgroupBarrier();
+      }`
+      : `
+      for (var j = 0; j < uniforms.t; j++) {
+        let kr = head0 + j * uniforms.rs;${perKey}
+      }`;
   const stats = runKernel({
-    key: `attention_stats_hd${hd}`,
+    key: `attention_stats${tiling.key}_hd${hd}`,
     inputs: { QKV: qkv, O: o, DO: dO },
     outShape: [threads, 3],
     threads,
-    body: `${ATTN_INDEX}${OWN_Q(hd)}
+    group: tiling.group,
+    shared: tiling.shared,
+    body: `${ATTN_INDEX}${OWN_Q(hd)}${lane}
       var mx = -3.402823e38;
-      var sum = 0.0;
-      for (var j = 0; j < uniforms.t; j++) {${SCORE_OWN_Q(hd, "head0 + j * uniforms.rs")}${
-      ONLINE_MAX(0)
+      var sum = 0.0;${
+      overKeys(
+        TO_TILE(hd, "ta", "QKV", "kr + uniforms.d"),
+        `${SCORE_OWN_Q(hd, "kr")}${ONLINE_MAX(0)}
+        sum += exp(s - mx);`,
+        `
+          var s = 0.0;${TILE_DOT(hd, "s", (ch) => `qs[${ch}]`, "ta")}${ONLINE_MAX(0)}
+          sum += exp(s - mx);`,
+      )
     }
-        sum += exp(s - mx);
-      }
       var delta = 0.0;
       for (var c = 0; c < ${hd}; c++) { delta += DO[orow + c] * O[orow + c]; }
       result[i * 3] = mx;
@@ -815,33 +955,38 @@ export function attentionGradWgsl(
         let si = ${si};
         let p = exp(s - St[si * 3]) / St[si * 3 + 1];
         let ds = p * (dp - St[si * 3 + 2]);`;
-  const grad = runKernel({
-    key: `attention_grad_hd${hd}`,
-    inputs: { QKV: qkv, DO: dO, St: stats },
-    outShape: qkv.shape,
-    threads,
-    body: `${ATTN_INDEX}${OWN_Q(hd)}
-      // This token as the query, token j as the key: dq.
-      var dOo : array<f32, ${hd}>;
-      for (var c = 0; c < ${hd}; c++) { dOo[c] = DO[orow + c]; }
-      var dq : array<f32, ${hd}>;
-      for (var j = 0; j < uniforms.t; j++) {
-        let kr = head0 + j * uniforms.rs;${SCORE_OWN_Q(hd, "kr")}
+  const dq = overKeys(
+    `${TO_TILE(hd, "ta", "QKV", "kr + uniforms.d")}${
+      TO_TILE(hd, "tb", "QKV", "kr + 2 * uniforms.d")
+    }`,
+    `${SCORE_OWN_Q(hd, "kr")}
         var dp = 0.0;
         for (var c = 0; c < ${hd}; c++) { dp += dOo[c] * QKV[kr + 2 * uniforms.d + c]; }${pds("i")}
-        for (var c = 0; c < ${hd}; c++) { dq[c] += ds * QKV[kr + uniforms.d + c]; }
-      }
-      for (var c = 0; c < ${hd}; c++) { result[row + c] = dq[c] * uniforms.scale; }
-      // Token j as the query, this token as the key: dk, dv.
-      var kk : array<f32, ${hd}>;
-      var vv : array<f32, ${hd}>;
-      for (var c = 0; c < ${hd}; c++) {
-        kk[c] = QKV[row + uniforms.d + c];
-        vv[c] = QKV[row + 2 * uniforms.d + c];
-      }
-      var dk : array<f32, ${hd}>;
-      var dv : array<f32, ${hd}>;
-      let oj0 = n * uniforms.t * uniforms.d + hh * uniforms.hd;
+        for (var c = 0; c < ${hd}; c++) { dq[c] += ds * QKV[kr + uniforms.d + c]; }`,
+    `
+          var s = 0.0;${TILE_DOT(hd, "s", (ch) => `qs[${ch}]`, "ta")}
+          var dp = 0.0;${TILE_DOT(hd, "dp", (ch) => `dOo[${ch}]`, "tb")}${pds("i")}${
+      TILE_AXPY(hd, "dq", "ds", "ta")
+    }`,
+  );
+  // This token as the key, token j as the query: q from the tile scaled as tf scales it.
+  const scaled = (v: string) => `(${v} * uniforms.scale)`;
+  const dkdv = tiled
+    ? `
+      for (var t0 = 0; t0 < uniforms.t; t0 += ${ATTN_TILE}) {
+        ${TO_TILE(hd, "ta", "QKV", "head0 + (t0 + lane) * uniforms.rs")}${
+      TO_TILE(hd, "tb", "DO", "oj0 + (t0 + lane) * uniforms.d")
+    }
+        workgroupBarrier();
+        for (var j = 0; j < ${ATTN_TILE}; j++) {
+          var s = 0.0;${TILE_DOT(hd, "s", (ch) => `kk[${ch}]`, "ta", scaled)}
+          var dp = 0.0;${TILE_DOT(hd, "dp", (ch) => `vv[${ch}]`, "tb")}${
+      pds("nh * uniforms.t + t0 + j")
+    }${TILE_AXPY(hd, "dk", "ds", "ta", scaled)}${TILE_AXPY(hd, "dv", "p", "tb")}
+        }
+        workgroupBarrier();
+      }`
+    : `
       for (var j = 0; j < uniforms.t; j++) {
         let qr = head0 + j * uniforms.rs;
         let qo = oj0 + j * uniforms.d;
@@ -853,7 +998,30 @@ export function attentionGradWgsl(
           dk[c] += ds * (QKV[qr + c] * uniforms.scale);
           dv[c] += p * DO[qo + c];
         }
+      }`;
+  const grad = runKernel({
+    key: `attention_grad${tiling.key}_hd${hd}`,
+    inputs: { QKV: qkv, DO: dO, St: stats },
+    outShape: qkv.shape,
+    threads,
+    group: tiling.group,
+    shared: tiling.shared,
+    body: `${ATTN_INDEX}${OWN_Q(hd)}${lane}
+      // This token as the query, token j as the key: dq.
+      var dOo : array<f32, ${hd}>;
+      for (var c = 0; c < ${hd}; c++) { dOo[c] = DO[orow + c]; }
+      var dq : array<f32, ${hd}>;${dq}
+      for (var c = 0; c < ${hd}; c++) { result[row + c] = dq[c] * uniforms.scale; }
+      // Token j as the query, this token as the key: dk, dv.
+      var kk : array<f32, ${hd}>;
+      var vv : array<f32, ${hd}>;
+      for (var c = 0; c < ${hd}; c++) {
+        kk[c] = QKV[row + uniforms.d + c];
+        vv[c] = QKV[row + 2 * uniforms.d + c];
       }
+      var dk : array<f32, ${hd}>;
+      var dv : array<f32, ${hd}>;
+      let oj0 = n * uniforms.t * uniforms.d + hh * uniforms.hd;${dkdv}
       for (var c = 0; c < ${hd}; c++) {
         result[row + uniforms.d + c] = dk[c];
         result[row + 2 * uniforms.d + c] = dv[c];

@@ -11,7 +11,8 @@
  * | `backend`      | `ANTHOS_BACKEND`       | default tfjs backend (`wasm` when unset)          |
  * | `wasmThreads`  | `ANTHOS_WASM_THREADS`  | XNNPACK threads for `wasm`                        |
  * | `wgsl`         | `ANTHOS_WGSL`          | webgpu's own WGSL kernels: `0` = off (tf ops),    |
- * |                |                        | `no-attention` = all but the attention kernel     |
+ * |                |                        | `no-attention` = all but the attention kernel,    |
+ * |                |                        | `untiled-attention` = its untiled kernels         |
  * | `webgpu`       | `ANTHOS_WEBGPU`        | webgpu's WebGPU: `deno` (the runtime's own),      |
  * |                |                        | `dawn` (npm `webgpu`) or a `dawn.node` file       |
  * | `blas`         | `ANTHOS_BLAS`          | wasm products on the system BLAS: `0` = off, or a |
