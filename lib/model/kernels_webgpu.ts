@@ -798,8 +798,10 @@ export function qkNormWgsl(qkv: tf.Tensor, heads: number, eps: number, dy?: tf.T
 /**
  * Scaled dot-product attention `softmax(q k^T * scale) v` per (sample, head) on the packed
  * `qkv [N*T, 3D]`: no head transposes, no `[T, T]` map in memory. One thread per (sample, head,
- * query) runs two passes over the keys: the max, then the exponentials summed and accumulated with
- * the values (normalised at the end). Result `[N*T, D]`, heads merged.
+ * query) runs one pass over the keys with a running maximum (online softmax), the exponentials
+ * summed and accumulated with the values (normalised at the end); tiled where the shapes allow
+ * (the keys through workgroup memory, {@link AttentionWgslOptions}). Result `[N*T, D]`, heads
+ * merged.
  *
  * @example
  * ```ts
@@ -874,8 +876,8 @@ export function attentionWgsl(
  * `dO` (`[N*T, D]`): the softmax statistics of each query row (max, sum, `delta = dO . o`) in one
  * kernel, then one thread per (sample, head, token) computes that token's `dq` (over the keys) and
  * its `dk`, `dv` (over the queries) from scores recomputed on the fly, into the packed
- * `[N*T, 3D]`. With `P` the attention and `dS = P * (dO v^T - delta)`: `dq = dS k * scale`,
- * `dk = dS^T (q * scale)`, `dv = P^T dO`.
+ * `[N*T, 3D]`, both tiled as {@link attentionWgsl} is. With `P` the attention and
+ * `dS = P * (dO v^T - delta)`: `dq = dS k * scale`, `dk = dS^T (q * scale)`, `dv = P^T dO`.
  *
  * @example
  * ```ts
