@@ -1,6 +1,7 @@
 // webgpu on Dawn (ANTHOS_WEBGPU=dawn: Chromium's WebGPU from the npm `webgpu` package) instead of
 // Deno's own: tfjs's kernels and ours compute the same forward pass and gradients as the cpu
-// backend, and `deno task train` trains on it and says so in its ledger. Dawn refuses Mesa 22's
+// backend, our attention kernels pass Dawn's WGSL compiler, and `deno task train` trains on it
+// and says so in its ledger. Dawn refuses Mesa 22's
 // lavapipe, so these run on the SwiftShader Vulkan driver that Debian's chromium ships (CI installs
 // it: .ci/setup.sh); each in its own process (one webgpu backend per process).
 import { assert, assertEquals } from "./_assert.ts";
@@ -146,5 +147,19 @@ Deno.test({
     } finally {
       await Deno.remove(tmp, { recursive: true });
     }
+  },
+});
+
+Deno.test({
+  name: "Dawn: the attention kernels (tiled and untiled) pass Tint and match tf ops and each other",
+  ignore: !haveSwiftShader,
+  fn: async () => {
+    // Dawn compiles WGSL with Tint (Deno's WebGPU with naga): the tiled kernels' workgroup memory
+    // and barriers must pass its uniformity analysis too. kernels_test.ts's attention tests, run
+    // on Dawn: the layer against tf ops on cpu, tiled = untiled bit for bit, no validation error.
+    const r = await onDawn(["test", "-A", "tests/kernels_test.ts", "--filter", "attention"]);
+    assertEquals(r.code, 0, r.stdout + r.stderr);
+    assert(/ok \| 3 passed \| 0 failed/.test(r.stdout), r.stdout);
+    assert(!/SKIP/.test(r.stdout + r.stderr), "ran on Dawn, not skipped");
   },
 });
