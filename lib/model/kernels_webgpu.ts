@@ -698,18 +698,52 @@ export interface AttentionWgslOptions {
 }
 
 /**
- * Whether the attention kernels run tiled: T a multiple of {@link ATTN_TILE} (a workgroup is one
- * tile of queries of one (sample, head)) and two tiles of `hd`-wide rows in 16 KiB of workgroup
- * memory (WebGPU's guaranteed minimum), as `vec4`s.
+ * How the attention kernels for `tokens` and head size `hd` run: tiled (unless `options.tiled` is
+ * false) when T is a multiple of {@link ATTN_TILE} (a workgroup is one tile of queries of one
+ * (sample, head)) and two tiles of `hd`-wide rows (`ta`, `tb`, as `vec4`s) fit 16 KiB of workgroup
+ * memory (WebGPU's guaranteed minimum). Returns the {@link KernelSpec} parts and the key suffix.
  */
-function tiledAttention(tokens: number, hd: number): boolean {
-  return tokens % ATTN_TILE === 0 && hd % 4 === 0 && 2 * ATTN_TILE * hd * 4 <= 16384;
+function attentionTiling(tokens: number, hd: number, options: AttentionWgslOptions) {
+  const tiled = options.tiled !== false && tokens % ATTN_TILE === 0 && hd % 4 === 0 &&
+    2 * ATTN_TILE * hd * 4 <= 16384;
+  return tiled
+    ? {
+      tiled,
+      key: "_tiled",
+      spec: {
+        group: ATTN_TILE,
+        shared: `
+      var<workgroup> ta : array<vec4<f32>, ${ATTN_TILE * hd / 4}>;
+      var<workgroup> tb : array<vec4<f32>, ${ATTN_TILE * hd / 4}>;`,
+      },
+    }
+    : { tiled, key: "", spec: {} };
 }
 
-/** WGSL: the two tiles (`ta`, `tb`) of the tiled attention kernels, `hd / 4` vec4s per row. */
-const ATTN_TILES = (hd: number) => `
-      var<workgroup> ta : array<vec4<f32>, ${ATTN_TILE * hd / 4}>;
-      var<workgroup> tb : array<vec4<f32>, ${ATTN_TILE * hd / 4}>;`;
+/**
+ * WGSL: a loop, in order, over the T rows of this thread's (sample, head) (the keys; in the
+ * backward's second half the queries): row `jt`, at `kr` in the packed qkv. Untiled, `body` reads
+ * the row from the storage buffers. Tiled, `load` first copies this lane's row of each tile into
+ * workgroup memory (`lane`: this thread's place in its workgroup), then `tiledBody` reads row `j`
+ * of the tile.
+ */
+function overRows(tiled: boolean, load: string, body: string, tiledBody: string): string {
+  return tiled
+    ? `
+      for (var t0 = 0; t0 < uniforms.t; t0 += ${ATTN_TILE}) {
+        let lane = i % ${ATTN_TILE};
+        let kr = head0 + (t0 + lane) * uniforms.rs;${load}
+        workgroupBarrier();
+        for (var j = 0; j < ${ATTN_TILE}; j++) {
+          let jt = t0 + j;${tiledBody}
+        }
+        workgroupBarrier();
+      }`
+    : `
+      for (var jt = 0; jt < uniforms.t; jt++) {
+        let kr = head0 + jt * uniforms.rs;${body}
+      }`;
+}
 
 /**
  * WGSL: copies `hd` floats of `src` from `from` into row `lane` of tile `tile` (as vec4s), where
@@ -820,51 +854,32 @@ export function attentionWgsl(
 ): tf.Tensor {
   const { threads, ints, floats } = attentionUniforms(qkv, dims);
   const hd = ints.hd;
-  if (options.tiled !== false && tiledAttention(dims.tokens, hd)) {
-    return runKernel({
-      key: `attention_tiled_hd${hd}`,
-      inputs: { QKV: qkv },
-      outShape: [qkv.size / ints.rs, ints.d],
-      threads,
-      group: ATTN_TILE,
-      shared: ATTN_TILES(hd),
-      body: `${ATTN_INDEX}${OWN_Q(hd)}
-      let lane = i % ${ATTN_TILE};
-      var mx = -3.402823e38;
-      var sum = 0.0;
-      var acc : array<f32, ${hd}>;
-      for (var t0 = 0; t0 < uniforms.t; t0 += ${ATTN_TILE}) {
-        let kr = head0 + (t0 + lane) * uniforms.rs;${TO_TILE(hd, "ta", "QKV", "kr + uniforms.d")}${
-        TO_TILE(hd, "tb", "QKV", "kr + 2 * uniforms.d")
-      }
-        workgroupBarrier();
-        for (var j = 0; j < ${ATTN_TILE}; j++) {
-          var s = 0.0;${TILE_DOT(hd, "s", (ch) => `qs[${ch}]`, "ta")}${ONLINE_MAX(hd)}
-          let e = exp(s - mx);
-          sum += e;${TILE_AXPY(hd, "acc", "e", "tb")}
-        }
-        workgroupBarrier();
-      }
-      for (var c = 0; c < ${hd}; c++) { result[orow + c] = acc[c] / sum; }`,
-      ints,
-      floats,
-    });
-  }
+  const tiling = attentionTiling(dims.tokens, hd, options);
   return runKernel({
-    key: `attention_hd${hd}`, // hd is a literal in the WGSL: one pipeline per head size
+    key: `attention${tiling.key}_hd${hd}`, // hd is a literal in the WGSL: one pipeline per size
     inputs: { QKV: qkv },
     outShape: [qkv.size / ints.rs, ints.d],
     threads,
+    ...tiling.spec,
     body: `${ATTN_INDEX}${OWN_Q(hd)}
       var mx = -3.402823e38;
       var sum = 0.0;
-      var acc : array<f32, ${hd}>;
-      for (var j = 0; j < uniforms.t; j++) {
-        let kr = head0 + j * uniforms.rs;${SCORE_OWN_Q(hd, "kr")}${ONLINE_MAX(hd)}
+      var acc : array<f32, ${hd}>;${
+      overRows(
+        tiling.tiled,
+        `${TO_TILE(hd, "ta", "QKV", "kr + uniforms.d")}${
+          TO_TILE(hd, "tb", "QKV", "kr + 2 * uniforms.d")
+        }`,
+        `${SCORE_OWN_Q(hd, "kr")}${ONLINE_MAX(hd)}
         let e = exp(s - mx);
         sum += e;
-        for (var c = 0; c < ${hd}; c++) { acc[c] += e * QKV[kr + 2 * uniforms.d + c]; }
-      }
+        for (var c = 0; c < ${hd}; c++) { acc[c] += e * QKV[kr + 2 * uniforms.d + c]; }`,
+        `
+          var s = 0.0;${TILE_DOT(hd, "s", (ch) => `qs[${ch}]`, "ta")}${ONLINE_MAX(hd)}
+          let e = exp(s - mx);
+          sum += e;${TILE_AXPY(hd, "acc", "e", "tb")}`,
+      )
+    }
       for (var c = 0; c < ${hd}; c++) { result[orow + c] = acc[c] / sum; }`,
     ints,
     floats,
@@ -900,42 +915,18 @@ export function attentionGradWgsl(
 ): tf.Tensor {
   const { threads, ints, floats } = attentionUniforms(qkv, dims);
   const hd = ints.hd;
-  const tiled = options.tiled !== false && tiledAttention(dims.tokens, hd);
-  // Tiled: the keys (then the queries) a thread loops over come from workgroup memory, a tile of
-  // ATTN_TILE rows at a time, read as vec4s; the sums are the same, in the same order.
-  const tiling = tiled
-    ? { group: ATTN_TILE, shared: ATTN_TILES(hd), key: "_tiled" }
-    : { group: undefined, shared: undefined, key: "" };
-  const lane = tiled
-    ? `
-      let lane = i % ${ATTN_TILE};`
-    : "";
-  /** WGSL: a loop over the keys (`kr`: key row; `j`: key index), tiled or not. */
-  const overKeys = (load: string, perKey: string, tiledPerKey: string) =>
-    tiled
-      ? `
-      for (var t0 = 0; t0 < uniforms.t; t0 += ${ATTN_TILE}) {
-        let kr = head0 + (t0 + lane) * uniforms.rs;${load}
-        workgroupBarrier();
-        for (var j = 0; j < ${ATTN_TILE}; j++) {${tiledPerKey}
-        }
-        workgroupBarrier();
-      }`
-      : `
-      for (var j = 0; j < uniforms.t; j++) {
-        let kr = head0 + j * uniforms.rs;${perKey}
-      }`;
+  const tiling = attentionTiling(dims.tokens, hd, options);
   const stats = runKernel({
     key: `attention_stats${tiling.key}_hd${hd}`,
     inputs: { QKV: qkv, O: o, DO: dO },
     outShape: [threads, 3],
     threads,
-    group: tiling.group,
-    shared: tiling.shared,
-    body: `${ATTN_INDEX}${OWN_Q(hd)}${lane}
+    ...tiling.spec,
+    body: `${ATTN_INDEX}${OWN_Q(hd)}
       var mx = -3.402823e38;
       var sum = 0.0;${
-      overKeys(
+      overRows(
+        tiling.tiled,
         TO_TILE(hd, "ta", "QKV", "kr + uniforms.d"),
         `${SCORE_OWN_Q(hd, "kr")}${ONLINE_MAX(0)}
         sum += exp(s - mx);`,
@@ -957,7 +948,9 @@ export function attentionGradWgsl(
         let si = ${si};
         let p = exp(s - St[si * 3]) / St[si * 3 + 1];
         let ds = p * (dp - St[si * 3 + 2]);`;
-  const dq = overKeys(
+  // This token as the query, token jt as the key.
+  const dq = overRows(
+    tiling.tiled,
     `${TO_TILE(hd, "ta", "QKV", "kr + uniforms.d")}${
       TO_TILE(hd, "tb", "QKV", "kr + 2 * uniforms.d")
     }`,
@@ -971,50 +964,40 @@ export function attentionGradWgsl(
       TILE_AXPY(hd, "dq", "ds", "ta")
     }`,
   );
-  // This token as the key, token j as the query: q from the tile scaled as tf scales it.
+  // This token as the key, token jt as the query (its q at `kr`), q scaled as tf scales it.
   const scaled = (v: string) => `(${v} * uniforms.scale)`;
-  const dkdv = tiled
-    ? `
-      for (var t0 = 0; t0 < uniforms.t; t0 += ${ATTN_TILE}) {
-        ${TO_TILE(hd, "ta", "QKV", "head0 + (t0 + lane) * uniforms.rs")}${
-      TO_TILE(hd, "tb", "DO", "oj0 + (t0 + lane) * uniforms.d")
-    }
-        workgroupBarrier();
-        for (var j = 0; j < ${ATTN_TILE}; j++) {
+  const dkdv = overRows(
+    tiling.tiled,
+    `${TO_TILE(hd, "ta", "QKV", "kr")}${TO_TILE(hd, "tb", "DO", "oj0 + (t0 + lane) * uniforms.d")}`,
+    `
+        let qo = oj0 + jt * uniforms.d;
+        var s = 0.0;
+        for (var c = 0; c < ${hd}; c++) { s += (QKV[kr + c] * uniforms.scale) * kk[c]; }
+        var dp = 0.0;
+        for (var c = 0; c < ${hd}; c++) { dp += DO[qo + c] * vv[c]; }${pds("nh * uniforms.t + jt")}
+        for (var c = 0; c < ${hd}; c++) {
+          dk[c] += ds * (QKV[kr + c] * uniforms.scale);
+          dv[c] += p * DO[qo + c];
+        }`,
+    `
           var s = 0.0;${TILE_DOT(hd, "s", (ch) => `kk[${ch}]`, "ta", scaled)}
           var dp = 0.0;${TILE_DOT(hd, "dp", (ch) => `vv[${ch}]`, "tb")}${
-      pds("nh * uniforms.t + t0 + j")
-    }${TILE_AXPY(hd, "dk", "ds", "ta", scaled)}${TILE_AXPY(hd, "dv", "p", "tb")}
-        }
-        workgroupBarrier();
-      }`
-    : `
-      for (var j = 0; j < uniforms.t; j++) {
-        let qr = head0 + j * uniforms.rs;
-        let qo = oj0 + j * uniforms.d;
-        var s = 0.0;
-        for (var c = 0; c < ${hd}; c++) { s += (QKV[qr + c] * uniforms.scale) * kk[c]; }
-        var dp = 0.0;
-        for (var c = 0; c < ${hd}; c++) { dp += DO[qo + c] * vv[c]; }${pds("nh * uniforms.t + j")}
-        for (var c = 0; c < ${hd}; c++) {
-          dk[c] += ds * (QKV[qr + c] * uniforms.scale);
-          dv[c] += p * DO[qo + c];
-        }
-      }`;
+      pds("nh * uniforms.t + jt")
+    }${TILE_AXPY(hd, "dk", "ds", "ta", scaled)}${TILE_AXPY(hd, "dv", "p", "tb")}`,
+  );
   const grad = runKernel({
     key: `attention_grad${tiling.key}_hd${hd}`,
     inputs: { QKV: qkv, DO: dO, St: stats },
     outShape: qkv.shape,
     threads,
-    group: tiling.group,
-    shared: tiling.shared,
-    body: `${ATTN_INDEX}${OWN_Q(hd)}${lane}
-      // This token as the query, token j as the key: dq.
+    ...tiling.spec,
+    body: `${ATTN_INDEX}${OWN_Q(hd)}
+      // This token as the query, token jt as the key: dq.
       var dOo : array<f32, ${hd}>;
       for (var c = 0; c < ${hd}; c++) { dOo[c] = DO[orow + c]; }
       var dq : array<f32, ${hd}>;${dq}
       for (var c = 0; c < ${hd}; c++) { result[row + c] = dq[c] * uniforms.scale; }
-      // Token j as the query, this token as the key: dk, dv.
+      // Token jt as the query, this token as the key: dk, dv.
       var kk : array<f32, ${hd}>;
       var vv : array<f32, ${hd}>;
       for (var c = 0; c < ${hd}; c++) {
