@@ -48,8 +48,10 @@ export async function benchTraining(
     labels: Int32Array.from({ length: batch }, (_, i) => i % 102),
     metadata: {},
   };
-  const microBatch = options.microBatch ?? batch;
-  const trainer = new Trainer({ batchSize: batch, microBatch, warmupSteps: 0 });
+  const trainer = new Trainer({ batchSize: batch, warmupSteps: 0 });
+  // The chunk size asked for, as a session setting: the Trainer's own cap on wasm does not apply.
+  trainer.microBatch = options.microBatch ?? batch;
+  const microBatch = trainer.microBatch;
   // webgpu reads the loss back at this interval (the logging interval of a real run).
   trainer.readEvery = options.readEvery ?? 10;
   try {

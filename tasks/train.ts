@@ -40,7 +40,7 @@ const SPEC = {
     "batch-size": int("global batch size"),
     "micro-batch": int(
       "largest chunk per forward/backward: memory only, so on --resume for this session " +
-        "[the run's; on wasm at most 32]",
+        `[the run's; on wasm at most ${WASM_MICRO_BATCH}]`,
     ),
     lr: { type: "number", description: "peak learning rate" },
     warmup: int("linear warmup steps"),

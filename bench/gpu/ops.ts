@@ -2,12 +2,12 @@
  * Where a webgpu training step's time goes, for the GPU job (stage 2b): the step split into
  * phases (forward; forward + backward; the full optimizer step) with the WGSL kernels, with the
  * attention kernels untiled, with all but the WGSL attention, and with tf ops only
- * (`ANTHOS_WGSL`), each with its wall time, the
- * time JavaScript took to enqueue it, and the process's CPU time (all threads: tfjs and wgpu); then
- * the products of the model's shapes at batch 256 (forward, dX, the weight gradient plainly and
- * split as lib/model/kernels.ts does it), a softmax and an elementwise op; then each WGSL kernel
- * of a block at this batch (attention forward and backward, tiled and untiled, q/k norm, LayerNorm + modulation and
- * its gradients, gated residual, SwiGLU gate, loss). The adapter has no timestamp queries, so GPU
+ * (`ANTHOS_WGSL`), each with its wall time, the time JavaScript took to enqueue it, and the
+ * process's CPU time (all threads: tfjs and wgpu); then the products of the model's shapes at
+ * batch 256 (forward, dX, the weight gradient plainly and split as lib/model/kernels.ts does it),
+ * a softmax and an elementwise op; then each WGSL kernel of a block at this batch (attention
+ * forward and backward, tiled and untiled, q/k norm, LayerNorm + modulation and its gradients,
+ * gated residual, SwiGLU gate, loss). The adapter has no timestamp queries, so GPU
  * time is wall time after the queue drains.
  *
  * Usage: deno run -A bench/gpu/ops.ts [batch=256]     (SMOKE=1: batch 2, tiny shapes)
