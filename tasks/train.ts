@@ -80,7 +80,8 @@ async function main(): Promise<number> {
   const { model, batchSize, microBatch, lr, warmup: warmupSteps, seed, limit } = o;
   const run = await TrainingRun.open(o.out ?? `runs/${o.preset}`, {
     ...{ resume: o.resume, preset: o.preset, data, vae, vaeDir: o.vaeDir },
-    fixed: { preset, model, batchSize, microBatch, lr, warmupSteps, seed, limit },
+    fixed: { preset, model, batchSize, lr, warmupSteps, seed, limit },
+    microBatch,
     steps: o.steps ?? (quick && fresh ? 4 : undefined),
     overrides: quick && fresh && !given.has("batchSize") ? { batchSize: 4 } : {},
   }).catch((e) => {

@@ -401,11 +401,6 @@ export interface FixedSettings {
   model?: string;
   /** Global batch. */
   batchSize?: number;
-  /**
-   * Micro-batch: the run's own when it starts; on a resume this session's only (it sets memory,
-   * not the maths: {@link Trainer.microBatch}), so it is never a change of the run.
-   */
-  microBatch?: number;
   /** Peak learning rate. */
   lr?: number;
   /** Warmup steps. */
@@ -426,6 +421,11 @@ export interface OpenRunOptions {
   data?: string[];
   /** Settings given by the user: on resume they must equal the run's. */
   fixed?: FixedSettings;
+  /**
+   * Largest chunk per forward/backward: a new run's own, and this session's on a resume (it sets
+   * memory, not the maths: {@link Trainer.microBatch}), so it is not one of the fixed settings.
+   */
+  microBatch?: number;
   /** Total steps (may grow on resume). */
   steps?: number;
   /** Other overrides of the preset for a new run. */
@@ -598,8 +598,7 @@ export class TrainingRun {
       // A setting equal to the run's own is not a change (the documented resume command
       // repeats --preset).
       const changed = Object.entries(fixed)
-        .filter(([k, v]) => k !== "microBatch" && v !== undefined && stored[k] !== v)
-        .map(([k]) => k);
+        .filter(([k, v]) => v !== undefined && stored[k] !== v).map(([k]) => k);
       if (changed.length) throw new RunChangedError(changed, folder.dir);
     } else if (hasCkpt) {
       throw new Error(
@@ -645,7 +644,7 @@ export class TrainingRun {
           ...defined({
             model: fixed.model,
             batchSize: fixed.batchSize,
-            microBatch: fixed.microBatch,
+            microBatch: options.microBatch,
             lr: fixed.lr,
             warmupSteps: fixed.warmupSteps,
             seed: fixed.seed,
@@ -653,7 +652,7 @@ export class TrainingRun {
         });
       }
       // Asked for: this session's chunk size, even above wasm's default cap.
-      if (fixed.microBatch !== undefined) trainer.microBatch = fixed.microBatch;
+      if (options.microBatch !== undefined) trainer.microBatch = options.microBatch;
       checkLatents(trainer, data, files);
       // The held-out slice (eval.ts's rule: per photo, stable when files are added) never trains.
       const fraction = info ? info.heldOutFraction : options.heldOutFraction;
