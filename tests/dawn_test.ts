@@ -52,6 +52,7 @@ import { deviceName, loadBackend } from "./lib/runtime/backend.ts";
 import { DiT, PRESETS } from "./lib/model/dit.ts";
 import { flowBatch, flowLoss } from "./lib/model/flow.ts";
 import { Rng } from "./lib/runtime/rng.ts";
+import { relErr as rel } from "./tests/_shared.ts";
 async function run(name) {
   const info = await loadBackend(name);
   const model = DiT.create(PRESETS["DiT-Pico/2"], { seed: 5 });
@@ -73,11 +74,6 @@ async function run(name) {
   model.dispose();
   return out;
 }
-const rel = (a, b) => {
-  let [n, d] = [0, 1e-30];
-  for (let i = 0; i < a.length; i++) { n = Math.max(n, Math.abs(a[i] - b[i])); d = Math.max(d, Math.abs(b[i])); }
-  return n / d;
-};
 const gpu = await run("webgpu");
 const cpu = await run("cpu");
 console.log(JSON.stringify({
