@@ -161,11 +161,17 @@ Deno.test("loadAutoencoder('taesd') without dir: the cache, then the shared fold
     assert(err.message.includes("../shared/weights/taesd"), err.message);
     if (weightsDir) {
       await loadBackend("wasm");
-      // ANTHOS_SHARED unset: ../shared beside this checkout (where weightsDir is).
-      Deno.env.delete("ANTHOS_SHARED");
-      const beside = await loadAutoencoder("taesd");
-      assertEquals(beside.kind, "taesd");
-      beside.dispose();
+      // ANTHOS_SHARED unset: ../shared beside this checkout, when the reference folder is there
+      // (CI's layout) rather than only at $ANTHOS_SHARED.
+      const besideDir = new URL("../../shared/weights/taesd", import.meta.url).pathname;
+      if (await Deno.stat(besideDir).then(() => true, () => false)) {
+        Deno.env.delete("ANTHOS_SHARED");
+        const beside = await loadAutoencoder("taesd");
+        assertEquals(beside.kind, "taesd");
+        beside.dispose();
+      } else {console.warn(
+          `SKIP the ../shared default: no ${besideDir} (shared is at $ANTHOS_SHARED)`,
+        );}
       // The cache comes first.
       Deno.env.set("ANTHOS_SHARED", emptyShared);
       await Deno.mkdir(`${home}/taesd`);
